@@ -1,0 +1,58 @@
+# khib: `make demo` shows a round trip in a VM, `make test` runs every test.
+# Both install missing Debian packages and build the kernel once (cached in
+# ~/.cache/khib, keyed by its config).
+
+export PATH := /usr/local/go/bin:$(PATH)
+GO      ?= go
+BIN     := bin
+KERNEL   = $(shell kernel/build.sh --path)
+VM       = $(BIN)/khib-vm
+# Unit tests use the race detector, which needs cgo; the binaries that go
+# into the guests are static.
+STATIC  := CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w"
+
+# Each entry is scenario[:flags], flags joined with commas.
+VM_TESTS := check-refusals roundtrip:--smp,1 roundtrip:--smp,2
+
+.PHONY: all deps kernel bins demo test test-unit test-vm lint fuzz clean
+
+all: bins
+
+deps:
+	@scripts/deps.sh
+
+kernel: deps
+	@kernel/build.sh >/dev/null
+
+bins:
+	@mkdir -p $(BIN)
+	$(STATIC) -o $(BIN)/ ./cmd/...
+
+lint:
+	@out=$$(gofmt -l cmd internal); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+test-unit: lint
+	CGO_ENABLED=1 $(GO) test -race ./...
+
+# Each fuzz target for a short while; `make fuzz FUZZTIME=10m` for longer.
+FUZZTIME ?= 10s
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+	  for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+	    echo "fuzz $$pkg $$t"; CGO_ENABLED=1 $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; done
+
+test-vm: kernel bins
+	@set -e; for t in $(VM_TESTS); do \
+	  s=$${t%%:*}; f=$$(echo "$${t#$$s}" | sed 's/^://; s/,/ /g'); \
+	  echo "== scenario $$s $$f"; $(VM) run --scenario $$s $$f --kernel $(KERNEL) --bindir $(BIN) --json; done
+
+test: deps test-unit test-vm
+	@echo "make test: all tests passed"
+
+demo: kernel bins
+	@$(VM) run --scenario roundtrip --kernel $(KERNEL) --bindir $(BIN) --demo
+
+clean:
+	rm -rf $(BIN)

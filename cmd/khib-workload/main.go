@@ -1,0 +1,254 @@
+// Command khib-workload is the test workload that khib's VM scenarios run
+// in the system being hibernated: a process that holds memory filled with
+// a deterministic pattern and keeps a counter going, and that can verify
+// both after a jump or a resume.
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/khib/khib/internal/workload"
+)
+
+const usage = `Usage:
+  khib-workload start [--mib N] [--seed S] [--mixed] [--dir DIR]
+      start the workload in the background and wait until its memory is filled
+  khib-workload verify [--dir DIR]
+      have the workload check all of its memory and that its counter went on
+      since the last verify; exit 1 if not
+  khib-workload stop [--dir DIR]
+  khib-workload runas UID COMMAND [ARG...]
+      run COMMAND with the given user and group id (for tests as non-root)
+`
+
+// report is what the workload writes after each verification.
+type report struct {
+	Seq       int     `json:"seq"`
+	OK        bool    `json:"ok"`
+	Pages     int     `json:"pages"`
+	BadPages  int     `json:"bad_pages"`
+	FirstBad  int     `json:"first_bad"`
+	Counter   uint64  `json:"counter"`
+	VerifyS   float64 `json:"verify_s"`
+	FillS     float64 `json:"fill_s,omitempty"`
+	PID       int     `json:"pid"`
+	MiB       int     `json:"mib"`
+	Seed      uint64  `json:"seed"`
+	Mixed     bool    `json:"mixed"`
+	BufferVA  uintptr `json:"buffer_va"`
+	StartedAt string  `json:"started_at"`
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
+	mib := fs.Int("mib", 256, "memory to hold, in MiB")
+	seed := fs.Uint64("seed", 1, "pattern seed")
+	mixed := fs.Bool("mixed", false, "mix random, text-like, zero and sparse pages (default: all random)")
+	dir := fs.String("dir", "/run/khib-workload", "state directory")
+	fs.Usage = func() { fmt.Fprint(os.Stderr, usage); fs.PrintDefaults() }
+	if os.Args[1] == "runas" {
+		os.Exit(runas(os.Args[2:]))
+	}
+	fs.Parse(os.Args[2:])
+	var err error
+	switch os.Args[1] {
+	case "start":
+		err = start(*dir, *mib, *seed, *mixed)
+	case "serve":
+		err = serve(*dir, *mib, *seed, *mixed)
+	case "verify":
+		err = verify(*dir)
+	case "stop":
+		err = stop(*dir)
+	default:
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "khib-workload: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func start(dir string, mib int, seed uint64, mixed bool) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	os.Remove(filepath.Join(dir, "report.json"))
+	args := []string{"serve", "--dir", dir, "--mib", strconv.Itoa(mib), "--seed", strconv.FormatUint(seed, 10)}
+	if mixed {
+		args = append(args, "--mixed")
+	}
+	cmd := exec.Command("/proc/self/exe", args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	log, err := os.Create(filepath.Join(dir, "log"))
+	if err != nil {
+		return err
+	}
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting workload: %w", err)
+	}
+	r, err := waitReport(dir, 0, 10*time.Minute)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("workload: pid %d holds %d MiB (seed %d, mixed %v), filled in %.2f s\n", r.PID, r.MiB, r.Seed, r.Mixed, r.FillS)
+	return nil
+}
+
+// serve is the workload process itself.
+func serve(dir string, mib int, seed uint64, mixed bool) error {
+	size := mib << 20
+	buf, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_POPULATE)
+	if err != nil {
+		return fmt.Errorf("allocating %d MiB: %w", mib, err)
+	}
+	t0 := time.Now()
+	pages := size / workload.PageSize
+	for i := 0; i < pages; i++ {
+		workload.Fill(buf[i*workload.PageSize:(i+1)*workload.PageSize], seed, uint64(i), mixed)
+	}
+	fill := time.Since(t0)
+
+	var counter atomic.Uint64
+	go func() {
+		for range time.Tick(10 * time.Millisecond) {
+			counter.Add(1)
+		}
+	}()
+	rep := report{PID: os.Getpid(), MiB: mib, Seed: seed, Mixed: mixed, Pages: pages, FirstBad: -1, OK: true,
+		FillS: fill.Seconds(), BufferVA: uintptrOf(buf), StartedAt: time.Now().UTC().Format(time.RFC3339)}
+	if err := writeReport(dir, &rep); err != nil {
+		return err
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGUSR1, syscall.SIGTERM)
+	scratch := make([]byte, workload.PageSize)
+	for s := range sig {
+		if s == syscall.SIGTERM {
+			return nil
+		}
+		t := time.Now()
+		rep.Seq++
+		rep.BadPages, rep.FirstBad = 0, -1
+		for i := 0; i < pages; i++ {
+			if !workload.Check(buf[i*workload.PageSize:(i+1)*workload.PageSize], seed, uint64(i), mixed, scratch) {
+				if rep.FirstBad < 0 {
+					rep.FirstBad = i
+				}
+				rep.BadPages++
+			}
+		}
+		rep.OK = rep.BadPages == 0
+		rep.Counter = counter.Load()
+		rep.VerifyS = time.Since(t).Seconds()
+		if err := writeReport(dir, &rep); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func verify(dir string) error {
+	last, err := readReport(dir)
+	if err != nil {
+		return fmt.Errorf("no workload running (%w)", err)
+	}
+	if err := syscall.Kill(last.PID, syscall.SIGUSR1); err != nil {
+		return fmt.Errorf("workload pid %d is gone: %w", last.PID, err)
+	}
+	r, err := waitReport(dir, last.Seq+1, 10*time.Minute)
+	if err != nil {
+		return err
+	}
+	if !r.OK {
+		return fmt.Errorf("memory check FAILED: %d of %d pages differ, first at page %d", r.BadPages, r.Pages, r.FirstBad)
+	}
+	if last.Seq > 0 && r.Counter <= last.Counter {
+		return fmt.Errorf("counter did not go on: %d, was %d", r.Counter, last.Counter)
+	}
+	fmt.Printf("workload: verified %d MiB in %.2f s, counter %d (was %d)\n", r.MiB, r.VerifyS, r.Counter, last.Counter)
+	return nil
+}
+
+func stop(dir string) error {
+	r, err := readReport(dir)
+	if err != nil {
+		return err
+	}
+	return syscall.Kill(r.PID, syscall.SIGTERM)
+}
+
+func writeReport(dir string, r *report) error {
+	b, _ := json.Marshal(r)
+	tmp := filepath.Join(dir, "report.json.tmp")
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(dir, "report.json"))
+}
+
+func readReport(dir string) (*report, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "report.json"))
+	if err != nil {
+		return nil, err
+	}
+	var r report
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+func waitReport(dir string, seq int, timeout time.Duration) (*report, error) {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if r, err := readReport(dir); err == nil && r.Seq >= seq {
+			return r, nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return nil, errors.New("workload did not answer in time; see " + filepath.Join(dir, "log"))
+}
+
+func runas(args []string) int {
+	if len(args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		return 2
+	}
+	id, err := strconv.Atoi(args[0])
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "khib-workload runas: bad uid %q\n", args[0])
+		return 2
+	}
+	cmd := exec.Command(args[1], args[2:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(id), Gid: uint32(id)}}
+	if err := cmd.Run(); err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return ee.ExitCode()
+		}
+		fmt.Fprintf(os.Stderr, "khib-workload runas: %v\n", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,62 @@
+// Command khib is kexec-based hibernation for Linux. One static binary is
+// both the command-line tool of the running system and the /init of the
+// helper kernels; as PID 1 it takes its role from the kernel command line.
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+const usage = `khib - kexec-based hibernation for Linux
+
+Usage:
+  khib check [--json]                  can this machine use khib? what is missing?
+  khib check --jump [--json] [--fresh] [--kernel FILE]
+                                       jump into the helper kernel and back, writing nothing
+  khib arm [--kernel FILE]             boot the helper ahead of time and park it
+  khib disarm                          unload the helper
+  khib status [--json]                 is a helper loaded or parked, and what it costs
+
+khib moves a running system (A) into a helper kernel that was loaded into a
+memory region reserved at boot (crashkernel=), using a kexec jump that can
+return. Run 'khib COMMAND --help' for the details of a command.
+
+Exit status: 0 on success, 1 when the command failed or the answer is no,
+2 on a usage error.
+`
+
+func main() {
+	if os.Getpid() == 1 {
+		runInit()
+		return
+	}
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	cmd, args := os.Args[1], os.Args[2:]
+	var code int
+	switch cmd {
+	case "check":
+		code = cmdCheck(args)
+	case "arm":
+		code = cmdArm(args)
+	case "disarm":
+		code = cmdDisarm(args)
+	case "status":
+		code = cmdStatus(args)
+	case "help", "-h", "--help":
+		fmt.Print(usage)
+	default:
+		fmt.Fprintf(os.Stderr, "khib: unknown command %q\n\n%s", cmd, usage)
+		code = 2
+	}
+	os.Exit(code)
+}
+
+// fail prints a one-line reason and returns exit status 1.
+func fail(format string, a ...any) int {
+	fmt.Fprintf(os.Stderr, "khib: "+format+"\n", a...)
+	return 1
+}

@@ -1,0 +1,283 @@
+// Package helper places khib's helper kernel in the reserved region R of
+// the running system A, loads it for a kexec jump, and jumps into it.
+package helper
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/khib/khib/internal/cpio"
+	"github.com/khib/khib/internal/kexec"
+	"github.com/khib/khib/internal/memmap"
+)
+
+// StatePath is where A records what it has loaded, so that a later khib
+// process knows whether the loaded image is a parked helper.
+var StatePath = "/run/khib/helper.json"
+
+// State describes the helper loaded in this boot of A.
+type State struct {
+	Kernel     string    `json:"kernel"`
+	LoadedAt   time.Time `json:"loaded_at"`
+	Region     string    `json:"region"`
+	Segments   int       `json:"segments"`
+	LoadedByte uint64    `json:"loaded_bytes"` // memory the loaded segments cost A
+	Entry      uint64    `json:"entry"`
+	Jumps      int       `json:"jumps"` // round trips since the load; 0: the next jump boots it
+}
+
+// Parked reports whether the next jump resumes a helper that already ran.
+func (s *State) Parked() bool { return s.Jumps > 0 }
+
+// Options say which helper to load.
+type Options struct {
+	Kernel  string // the helper's bzImage
+	Exe     string // the binary that becomes the helper's /init; default: this one
+	Cmdline string // extra helper command line
+}
+
+// DefaultKernel returns the bzImage of the running kernel, which is the
+// helper kernel by default.
+func DefaultKernel() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err == nil {
+		rel := unix.ByteSliceToString(u.Release[:])
+		for _, p := range []string{"/boot/vmlinuz-" + rel, "/boot/khib/bzImage"} {
+			if _, err := os.Stat(p); err == nil {
+				return p
+			}
+		}
+		return "/boot/vmlinuz-" + rel
+	}
+	return "/boot/khib/bzImage"
+}
+
+// OpenKernel parses the helper kernel.
+func OpenKernel(path string) (*kexec.BzImage, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("helper kernel: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("helper kernel: %w", err)
+	}
+	k, err := kexec.ParseBzImage(f, st.Size())
+	if err != nil {
+		return nil, fmt.Errorf("helper kernel %s: %w", path, err)
+	}
+	return k, nil
+}
+
+// Initramfs builds the helper's initramfs: khib itself as /init and the
+// mount points it needs. It is built from the running binary so that A
+// and its helper always run the same khib.
+func Initramfs(exe string) ([]byte, error) {
+	bin, err := os.ReadFile(exe)
+	if err != nil {
+		return nil, fmt.Errorf("reading khib binary for the helper's initramfs: %w", err)
+	}
+	var buf bytes.Buffer
+	w := cpio.NewWriter(&buf)
+	for _, d := range []string{"dev", "proc", "sys", "run", "tmp", "mnt"} {
+		if err := w.Dir(d, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	// The kernel opens /dev/console for init before devtmpfs is mounted.
+	if err := w.CharDev("dev/console", 0o600, 5, 1); err != nil {
+		return nil, err
+	}
+	if err := w.File("init", 0o755, bin); err != nil {
+		return nil, err
+	}
+	if err := w.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// Region returns R, the "Crash kernel" region of /proc/iomem.
+func Region() (kexec.Range, error) {
+	f, err := os.Open("/proc/iomem")
+	if err != nil {
+		return kexec.Range{}, fmt.Errorf("reading memory map: %w", err)
+	}
+	defer f.Close()
+	io, err := memmap.ParseIomem(f)
+	if err != nil {
+		return kexec.Range{}, fmt.Errorf("reading /proc/iomem: %w", err)
+	}
+	r, ok := io.CrashKernel()
+	if !ok {
+		return kexec.Range{}, errors.New("no reserved region: boot with crashkernel=256M (see `khib check`)")
+	}
+	return kexec.Range{Start: r.Start, End: r.End}, nil
+}
+
+// Firmware returns the machine's firmware memory map as e820 entries.
+func Firmware() ([]kexec.E820Entry, error) {
+	ents, err := memmap.ReadFirmwareMemmap("/sys/firmware/memmap")
+	if err != nil {
+		return nil, fmt.Errorf("reading firmware memory map (CONFIG_FIRMWARE_MEMMAP): %w", err)
+	}
+	out := make([]kexec.E820Entry, 0, len(ents))
+	for _, e := range ents {
+		t := uint32(kexec.E820Reserved)
+		switch e.Type {
+		case "System RAM":
+			t = kexec.E820RAM
+		case "ACPI Tables":
+			t = kexec.E820ACPI
+		case "ACPI Non-volatile Storage":
+			t = kexec.E820NVS
+		case "Unusable memory":
+			t = kexec.E820Unusable
+		case "Persistent Memory":
+			t = kexec.E820PMEM
+		}
+		out = append(out, kexec.E820Entry{Addr: e.Start, Size: e.End - e.Start, Type: t})
+	}
+	return out, nil
+}
+
+// helperCmdline carries over the console settings of A's command line, so
+// that the helper prints where A prints.
+func helperCmdline(extra string) string {
+	b, _ := os.ReadFile("/proc/cmdline")
+	var keep []string
+	for _, w := range strings.Fields(string(b)) {
+		for _, p := range []string{"console=", "earlyprintk=", "loglevel=", "panic=", "ignore_loglevel", "quiet", "printk.time="} {
+			if strings.HasPrefix(w, p) {
+				keep = append(keep, w)
+			}
+		}
+	}
+	// nokaslr: with KASLR the decompressor may pick a spot outside the
+	// region the loader chose for it.
+	keep = append(keep, "nokaslr", "khib.role=helper")
+	if extra != "" {
+		keep = append(keep, extra)
+	}
+	return strings.Join(keep, " ")
+}
+
+// Load places the helper in R and loads it with KEXEC_PRESERVE_CONTEXT.
+// Any image loaded before is replaced.
+func Load(o Options) (*State, *kexec.HelperPlan, error) {
+	if o.Exe == "" {
+		o.Exe = "/proc/self/exe"
+	}
+	k, err := OpenKernel(o.Kernel)
+	if err != nil {
+		return nil, nil, err
+	}
+	r, err := Region()
+	if err != nil {
+		return nil, nil, err
+	}
+	fw, err := Firmware()
+	if err != nil {
+		return nil, nil, err
+	}
+	initrd, err := Initramfs(o.Exe)
+	if err != nil {
+		return nil, nil, err
+	}
+	plan, err := kexec.PlanHelper(kexec.HelperSpec{
+		Kernel: k, Initrd: initrd, Cmdline: helperCmdline(o.Cmdline),
+		Region: r, LowWindow: kexec.DefaultLowWindow, ReserveTop: kexec.DefaultReserveTop,
+		Firmware: fw,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := kexec.Load(plan.Entry, plan.Segments, true); err != nil {
+		return nil, nil, err
+	}
+	st := &State{Kernel: o.Kernel, LoadedAt: time.Now().UTC(), Region: r.String(),
+		Segments: len(plan.Segments), Entry: plan.Entry}
+	for _, s := range plan.Segments {
+		st.LoadedByte += s.Memsz
+	}
+	if err := st.save(); err != nil {
+		return nil, nil, err
+	}
+	return st, plan, nil
+}
+
+// Current returns the state of the loaded helper, or nil when none is
+// loaded (or the loaded image is not khib's).
+func Current() (*State, error) {
+	loaded, err := kexec.Loaded()
+	if err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(StatePath)
+	if errors.Is(err, os.ErrNotExist) || !loaded {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading helper state: %w", err)
+	}
+	var st State
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("helper state %s: %w", StatePath, err)
+	}
+	return &st, nil
+}
+
+// Unload removes the loaded helper, parked or not.
+func Unload() error {
+	if err := kexec.Unload(); err != nil {
+		return err
+	}
+	if err := os.Remove(StatePath); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("removing helper state: %w", err)
+	}
+	return nil
+}
+
+// Jump enters the loaded helper and returns when it jumps back, with the
+// time A spent away. CLOCK_BOOTTIME, because A's monotonic clock stands
+// still while A is suspended for the jump.
+func Jump(st *State) (time.Duration, error) {
+	t0 := boottime()
+	if err := kexec.Jump(); err != nil {
+		return 0, err
+	}
+	away := boottime() - t0
+	st.Jumps++
+	if err := st.save(); err != nil {
+		return away, err
+	}
+	return away, nil
+}
+
+func boottime() time.Duration {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
+	return time.Duration(ts.Nano())
+}
+
+func (st *State) save() error {
+	if err := os.MkdirAll(filepath.Dir(StatePath), 0o755); err != nil {
+		return fmt.Errorf("saving helper state: %w", err)
+	}
+	b, _ := json.MarshalIndent(st, "", "  ")
+	tmp := StatePath + ".tmp." + strconv.Itoa(os.Getpid())
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return fmt.Errorf("saving helper state: %w", err)
+	}
+	return os.Rename(tmp, StatePath)
+}

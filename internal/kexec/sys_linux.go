@@ -1,0 +1,137 @@
+package kexec
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// kexec_load flags (include/uapi/linux/kexec.h).
+const (
+	flagPreserveContext = 0x2
+	archX86_64          = 62 << 16
+	maxSegments         = 16
+)
+
+// kexecSegment mirrors struct kexec_segment.
+type kexecSegment struct {
+	buf   uintptr
+	bufsz uintptr
+	mem   uintptr
+	memsz uintptr
+}
+
+// Load calls kexec_load(2) with the given entry point and segments. With
+// preserveContext the loaded image is entered by a *jump* that can come
+// back: only kexec_load supports that flag, kexec_file_load has none.
+func Load(entry uint64, segs []Segment, preserveContext bool) error {
+	if len(segs) > maxSegments {
+		return fmt.Errorf("kexec_load: %d segments, the kernel takes at most %d", len(segs), maxSegments)
+	}
+	ks := make([]kexecSegment, len(segs))
+	for i, s := range segs {
+		if s.Mem%PageSize != 0 || s.Memsz%PageSize != 0 || uint64(len(s.Buf)) > s.Memsz {
+			return fmt.Errorf("kexec_load: segment %q at %#x is not page aligned or larger than its memsz", s.Name, s.Mem)
+		}
+		ks[i] = kexecSegment{bufsz: uintptr(len(s.Buf)), mem: uintptr(s.Mem), memsz: uintptr(s.Memsz)}
+		if len(s.Buf) > 0 {
+			ks[i].buf = uintptr(unsafe.Pointer(&s.Buf[0]))
+		}
+	}
+	flags := uintptr(archX86_64)
+	if preserveContext {
+		flags |= flagPreserveContext
+	}
+	var p uintptr
+	if len(ks) > 0 {
+		p = uintptr(unsafe.Pointer(&ks[0]))
+	}
+	_, _, errno := unix.Syscall6(unix.SYS_KEXEC_LOAD, uintptr(entry), uintptr(len(ks)), p, flags, 0, 0)
+	runtime.KeepAlive(segs)
+	runtime.KeepAlive(ks)
+	if errno != 0 {
+		return fmt.Errorf("kexec_load: %w%s", errno, loadHint(errno))
+	}
+	return nil
+}
+
+func loadHint(errno unix.Errno) string {
+	switch errno {
+	case unix.EPERM:
+		return " (needs root and CAP_SYS_BOOT; also refused once /proc/sys/kernel/kexec_load_disabled is 1)"
+	case unix.EINVAL:
+		return " (segments overlap, are misaligned, or exceed half of RAM; or the kernel lacks CONFIG_KEXEC_JUMP)"
+	case unix.EBUSY:
+		return " (another kexec operation is in progress)"
+	case unix.ENOSYS:
+		return " (kernel built without CONFIG_KEXEC)"
+	}
+	return ""
+}
+
+// Unload removes the loaded kexec image, if any.
+func Unload() error {
+	_, _, errno := unix.Syscall6(unix.SYS_KEXEC_LOAD, 0, 0, 0, archX86_64, 0, 0)
+	if errno != 0 {
+		return fmt.Errorf("kexec unload: %w", errno)
+	}
+	return nil
+}
+
+// Loaded reports whether a kexec image is loaded (/sys/kernel/kexec_loaded).
+func Loaded() (bool, error) {
+	b, err := os.ReadFile("/sys/kernel/kexec_loaded")
+	if err != nil {
+		return false, fmt.Errorf("reading kexec state: %w", err)
+	}
+	return strings.TrimSpace(string(b)) == "1", nil
+}
+
+// Jump enters the loaded image with reboot(LINUX_REBOOT_CMD_KEXEC). For a
+// preserve-context image the call returns when the peer jumps back: the
+// kernel has by then resumed its devices and thawed tasks.
+func Jump() error {
+	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_KEXEC); err != nil {
+		return fmt.Errorf("reboot(LINUX_REBOOT_CMD_KEXEC): %w", err)
+	}
+	return nil
+}
+
+// PowerOff syncs nothing and powers the machine off.
+func PowerOff() error {
+	return unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+}
+
+// ErrRAM means /dev/mem refused a page because the running kernel counts
+// it as its own RAM (CONFIG_STRICT_DEVMEM).
+var ErrRAM = errors.New("page is RAM of the running kernel; /dev/mem refuses it")
+
+// ReadPhys reads n bytes of physical memory at addr through an mmap of
+// /dev/mem. mmap, not read: read(2) on /dev/mem stops at the running
+// kernel's own top of RAM (arch/x86/mm/mmap.c: valid_phys_addr_range),
+// which for a helper confined to R is below most of A's memory.
+func ReadPhys(addr uint64, n int) ([]byte, error) {
+	f, err := os.Open("/dev/mem")
+	if err != nil {
+		return nil, fmt.Errorf("opening /dev/mem: %w", err)
+	}
+	defer f.Close()
+	base := addr &^ (PageSize - 1)
+	span := int(alignUp(addr+uint64(n), PageSize) - base)
+	m, err := unix.Mmap(int(f.Fd()), int64(base), span, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		if errors.Is(err, unix.EPERM) {
+			return nil, fmt.Errorf("mapping /dev/mem at %#x: %w", base, ErrRAM)
+		}
+		return nil, fmt.Errorf("mapping /dev/mem at %#x: %w", base, err)
+	}
+	defer unix.Munmap(m)
+	out := make([]byte, n)
+	copy(out, m[addr-base:])
+	return out, nil
+}
