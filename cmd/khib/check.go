@@ -148,9 +148,8 @@ func checkJump(kernel string, fresh, asJSON bool) int {
 		}
 	}
 	res.Round = st.Jumps + 1
-	if !asJSON {
-		fmt.Printf("khib: jumping into the %s helper (region %s)\n", res.Mode, res.Region)
-	}
+	// On stderr even with --json: the console shows when A left.
+	fmt.Fprintf(os.Stderr, "khib: jumping into the %s helper (region %s)\n", res.Mode, res.Region)
 	away, err := helper.Jump(st)
 	res.AwayS = away.Seconds()
 	return done(err)

@@ -78,7 +78,7 @@ type FormatError struct {
 }
 
 func (e *FormatError) Error() string {
-	msg := fmt.Sprintf("bzImage: %s at offset %#x", e.Msg, e.Off)
+	msg := fmt.Sprintf("not a bzImage: %s at offset %#x", e.Msg, e.Off)
 	if e.Val != nil {
 		msg += fmt.Sprintf(": %v", e.Val)
 	}

@@ -1,0 +1,118 @@
+package scenarios
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/khib/khib/internal/kexec"
+	"github.com/khib/khib/internal/vm"
+	"github.com/khib/khib/internal/vm/scenario"
+)
+
+// RegionSize is what the scenarios reserve for the helper with crashkernel=.
+const RegionSize = "256M"
+
+// khibGuest builds the root filesystem of a system A that runs khib: khib
+// is /init and hands over to script (khib.init=/scenario.sh) after
+// mounting the basics, the way it would hand over to /sbin/init on a real
+// system. The helper kernel is the guest's own kernel, at the path khib
+// looks for by default.
+func khibGuest(env *scenario.Env, script string) (*vm.Rootfs, error) {
+	rfs, err := env.NewRootfs()
+	if err != nil {
+		return nil, err
+	}
+	khib, err := env.Bin("khib")
+	if err != nil {
+		return nil, err
+	}
+	wl, err := env.Bin("khib-workload")
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range []struct{ guest, host string }{{"/init", khib}, {"/bin/khib", khib}, {"/bin/khib-workload", wl}} {
+		if err := rfs.AddHostBinary(p.guest, p.host); err != nil {
+			return nil, err
+		}
+	}
+	release, err := kernelRelease(env.Kernel)
+	if err != nil {
+		return nil, err
+	}
+	if err := rfs.AddHostFile("/boot/vmlinuz-"+release, env.Kernel); err != nil {
+		return nil, err
+	}
+	rfs.AddFile("/etc/passwd", 0o644, []byte("root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"))
+	rfs.AddFile("/scenario.sh", 0o755, []byte(script))
+	return rfs, nil
+}
+
+// khibAppend is the command line of A: khib as init, handing over to the
+// scenario, and R reserved unless region is empty.
+func khibAppend(region string) string {
+	s := vm.DefaultAppend + " rdinit=/init khib.init=/scenario.sh"
+	if region != "" {
+		s += " crashkernel=" + region
+	}
+	return s
+}
+
+func kernelRelease(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("reading kernel: %w", err)
+	}
+	k, err := kexec.ParseBzImage(bytes.NewReader(b), int64(len(b)))
+	if err != nil {
+		return "", err
+	}
+	return k.Release(), nil
+}
+
+// guestPrelude is shared by the guest scripts: a fail function that
+// reports the failing step and powers off, so a failure never hangs.
+const guestPrelude = `#!/bin/sh
+export PATH=/bin:/sbin
+fail() { echo "KHIBVM:failed_step=$1"; echo "KHIBVM:guest_done=fail"; poweroff -f; sleep 30; }
+read up idle < /proc/uptime
+echo "KHIBVM:a_up_s=$up"
+`
+
+var iomemRangeRE = regexp.MustCompile(`^([0-9a-f]+)-([0-9a-f]+)$`)
+
+// parseRange reads "25000000-34ffffff" (inclusive end, as iomem prints).
+func parseRange(s string) (kexec.Range, error) {
+	m := iomemRangeRE.FindStringSubmatch(strings.TrimSpace(s))
+	if m == nil {
+		return kexec.Range{}, fmt.Errorf("not a memory range: %q", s)
+	}
+	a, _ := strconv.ParseUint(m[1], 16, 64)
+	b, _ := strconv.ParseUint(m[2], 16, 64)
+	return kexec.Range{Start: a, End: b + 1}, nil
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// figureString returns a figure as text, whatever type it parsed as.
+func figureString(r scenario.Result, key string) string {
+	v, ok := r[key]
+	if !ok {
+		return ""
+	}
+	return fmt.Sprint(v)
+}

@@ -1,0 +1,119 @@
+package scenarios
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/khib/khib/internal/vm/scenario"
+)
+
+func init() {
+	scenario.Register(scenario.Scenario{
+		Name: "check-refusals",
+		Description: "A booted without a reserved region: khib check says no and why, and khib check --jump " +
+			"refuses (no region, not a bzImage, not root) with one line, loading nothing",
+		Timeout: 5 * time.Minute,
+		Run:     runRefusals,
+	})
+}
+
+const refusalsScript = guestPrelude + `
+khib check >/tmp/out; echo "KHIBVM:check_rc=$?"; sed 's/^/khibvm-stdout check: /' /tmp/out
+khib check --json >/tmp/out; echo "KHIBVM:check_json_rc=$?"; echo "khibvm-json $(cat /tmp/out)"
+try() {
+	name=$1; shift
+	"$@" 2>/tmp/err; echo "KHIBVM:${name}_rc=$? ${name}_lines=$(wc -l </tmp/err)"; sed "s/^/khibvm-stderr $name: /" /tmp/err
+}
+try no_region khib check --jump
+try bad_kernel khib check --jump --kernel /bin/busybox
+try nonroot khib-workload runas 65534 /bin/khib check --jump
+echo "KHIBVM:loaded=$(cat /sys/kernel/kexec_loaded)"
+echo "KHIBVM:guest_done=ok"
+poweroff -f
+`
+
+func runRefusals(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
+	rfs, err := khibGuest(env, refusalsScript)
+	if err != nil {
+		return nil, err
+	}
+	initrd, err := env.WriteRootfs("a.cpio", rfs)
+	if err != nil {
+		return nil, err
+	}
+	cfg := env.Config()
+	cfg.Initrd = initrd
+	cfg.Append = khibAppend("") // no crashkernel=: no region R
+	m, err := env.Start(ctx, "a", cfg)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := m.WaitFor(ctx, guestDoneRE, env.Remaining()); err != nil {
+		return nil, err
+	}
+	if _, err := m.WaitPowerOff(time.Minute); err != nil {
+		return nil, err
+	}
+	fig := scenario.Figures(m)
+	res := scenario.Result{}
+	out := map[string][]string{}
+	var checkJSON string
+	for _, l := range m.Lines() {
+		if mm := stderrLineRE.FindStringSubmatch(l.Text); mm != nil {
+			out[mm[1]] = append(out[mm[1]], mm[2])
+		}
+		if _, rest, ok := strings.Cut(l.Text, "khibvm-json "); ok {
+			checkJSON = rest
+		}
+		if _, rest, ok := strings.Cut(l.Text, "khibvm-stdout check: "); ok {
+			out["check"] = append(out["check"], rest)
+		}
+	}
+	// khib check: no, exit 1, and the region line says what to do.
+	if figureString(fig, "check_rc") != "1" || figureString(fig, "check_json_rc") != "1" {
+		return res, fmt.Errorf("khib check exited %s (--json: %s) without a region, want 1", figureString(fig, "check_rc"), figureString(fig, "check_json_rc"))
+	}
+	text := strings.Join(out["check"], "\n")
+	if !strings.Contains(text, "region") || !strings.Contains(text, "crashkernel=") {
+		return res, fmt.Errorf("khib check does not name the missing region and its fix:\n%s", text)
+	}
+	var rep struct {
+		OK     bool `json:"ok"`
+		Checks []struct {
+			Name string `json:"name"`
+			OK   bool   `json:"ok"`
+			Fix  string `json:"fix"`
+		} `json:"checks"`
+	}
+	if err := json.Unmarshal([]byte(checkJSON), &rep); err != nil {
+		return res, fmt.Errorf("khib check --json: %w", err)
+	}
+	var bad []string
+	for _, c := range rep.Checks {
+		if !c.OK {
+			bad = append(bad, c.Name)
+		}
+	}
+	if rep.OK || strings.Join(bad, ",") != "region" {
+		return res, fmt.Errorf("khib check --json: ok=%v, failing checks %v; want only region", rep.OK, bad)
+	}
+	res["check_failing"] = strings.Join(bad, ",")
+	// Each refusal: non-zero, one line, saying why.
+	for _, r := range []struct{ name, want string }{
+		{"no_region", "crashkernel"}, {"bad_kernel", "not a bzImage"}, {"nonroot", "root"},
+	} {
+		rc, lines := figureString(fig, r.name+"_rc"), figureString(fig, r.name+"_lines")
+		reason := strings.Join(out[r.name], " | ")
+		res[r.name+"_reason"] = reason
+		if rc == "0" || lines != "1" || !strings.Contains(reason, r.want) {
+			return res, fmt.Errorf("%s: exit %s, %s lines %q; want non-zero, one line mentioning %q", r.name, rc, lines, reason, r.want)
+		}
+	}
+	if figureString(fig, "loaded") != "0" {
+		return res, fmt.Errorf("a refused jump left a kexec image loaded")
+	}
+	return res, nil
+}
