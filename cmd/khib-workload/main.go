@@ -5,6 +5,7 @@
 package main
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -14,6 +15,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -29,6 +31,9 @@ const usage = `Usage:
   khib-workload verify [--dir DIR]
       have the workload check all of its memory and that its counter went on
       since the last verify; exit 1 if not
+  khib-workload pfns [--count N] [--dir DIR]
+      print N pseudo-randomly chosen workload pages as index:pfn,... so that
+      the host can find them in a hibernation image
   khib-workload stop [--dir DIR]
   khib-workload runas UID COMMAND [ARG...]
       run COMMAND with the given user and group id (for tests as non-root)
@@ -62,6 +67,7 @@ func main() {
 	seed := fs.Uint64("seed", 1, "pattern seed")
 	mixed := fs.Bool("mixed", false, "mix random, text-like, zero and sparse pages (default: all random)")
 	dir := fs.String("dir", "/run/khib-workload", "state directory")
+	count := fs.Int("count", 1000, "pfns: how many pages")
 	fs.Usage = func() { fmt.Fprint(os.Stderr, usage); fs.PrintDefaults() }
 	if os.Args[1] == "runas" {
 		os.Exit(runas(os.Args[2:]))
@@ -77,6 +83,8 @@ func main() {
 		err = verify(*dir)
 	case "stop":
 		err = stop(*dir)
+	case "pfns":
+		err = pfns(*dir, *count)
 	default:
 		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)
@@ -140,11 +148,17 @@ func serve(dir string, mib int, seed uint64, mixed bool) error {
 		return err
 	}
 	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGUSR1, syscall.SIGTERM)
+	signal.Notify(sig, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGTERM)
 	scratch := make([]byte, workload.PageSize)
 	for s := range sig {
 		if s == syscall.SIGTERM {
 			return nil
+		}
+		if s == syscall.SIGUSR2 {
+			if err := writePFNs(dir, buf); err != nil {
+				fmt.Fprintf(os.Stderr, "pfns: %v\n", err)
+			}
+			continue
 		}
 		t := time.Now()
 		rep.Seq++
@@ -251,4 +265,74 @@ func runas(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// writePFNs records where every page of the buffer is in physical memory
+// (from /proc/self/pagemap; needs root), one PFN per page, 0 if absent.
+func writePFNs(dir string, buf []byte) error {
+	pm, err := os.Open("/proc/self/pagemap")
+	if err != nil {
+		return err
+	}
+	defer pm.Close()
+	pages := len(buf) / workload.PageSize
+	ents := make([]byte, 8*pages)
+	if _, err := pm.ReadAt(ents, int64(uintptrOf(buf)/workload.PageSize)*8); err != nil {
+		return fmt.Errorf("reading pagemap: %w", err)
+	}
+	out := make([]byte, 0, 8*pages)
+	for i := 0; i < pages; i++ {
+		e := binary.LittleEndian.Uint64(ents[8*i:])
+		pfn := uint64(0)
+		if e&(1<<63) != 0 {
+			pfn = e & (1<<55 - 1)
+		}
+		out = binary.LittleEndian.AppendUint64(out, pfn)
+	}
+	tmp := filepath.Join(dir, "pfns.tmp")
+	if err := os.WriteFile(tmp, out, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(dir, "pfns"))
+}
+
+// pfns asks the workload for its page frames and prints count of them,
+// chosen pseudo-randomly, as index:pfn pairs.
+func pfns(dir string, count int) error {
+	r, err := readReport(dir)
+	if err != nil {
+		return fmt.Errorf("no workload running (%w)", err)
+	}
+	os.Remove(filepath.Join(dir, "pfns"))
+	if err := syscall.Kill(r.PID, syscall.SIGUSR2); err != nil {
+		return err
+	}
+	var b []byte
+	for i := 0; i < 500; i++ {
+		if b, err = os.ReadFile(filepath.Join(dir, "pfns")); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		return fmt.Errorf("workload wrote no pfns: %w", err)
+	}
+	pages := len(b) / 8
+	if pages == 0 {
+		return errors.New("workload has no pages")
+	}
+	var sb strings.Builder
+	x := uint64(0x9e3779b97f4a7c15)
+	for i := 0; i < count; i++ {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		idx := int(x % uint64(pages))
+		if i > 0 {
+			sb.WriteByte(',')
+		}
+		fmt.Fprintf(&sb, "%d:%d", idx, binary.LittleEndian.Uint64(b[8*idx:]))
+	}
+	fmt.Println(sb.String())
+	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/khib/khib/internal/helper"
 	"github.com/khib/khib/internal/kconfig"
 	"github.com/khib/khib/internal/kexec"
+	"github.com/khib/khib/internal/mailbox"
 )
 
 const checkHelp = `Usage: khib check [--json] [--kernel FILE]
@@ -150,8 +151,11 @@ func checkJump(kernel string, fresh, asJSON bool) int {
 	res.Round = st.Jumps + 1
 	// On stderr even with --json: the console shows when A left.
 	fmt.Fprintf(os.Stderr, "khib: jumping into the %s helper (region %s)\n", res.Mode, res.Region)
-	away, err := helper.Jump(st)
+	resp, away, err := helper.Jump(st, mailbox.Request{Cmd: mailbox.CmdRoundTrip})
 	res.AwayS = away.Seconds()
+	if err == nil && !resp.OK {
+		err = fmt.Errorf("the helper: %s", resp.Error)
+	}
 	return done(err)
 }
 
@@ -186,7 +190,10 @@ func cmdArm(args []string) int {
 	if err != nil {
 		return fail("arm: %v", err)
 	}
-	away, err := helper.Jump(st)
+	resp, away, err := helper.Jump(st, mailbox.Request{Cmd: mailbox.CmdRoundTrip})
+	if err == nil && !resp.OK {
+		err = fmt.Errorf("the helper: %s", resp.Error)
+	}
 	if err != nil {
 		return fail("arm: %v", err)
 	}

@@ -14,6 +14,10 @@ Usage:
   khib check [--json]                  can this machine use khib? what is missing?
   khib check --jump [--json] [--fresh] [--kernel FILE]
                                        jump into the helper kernel and back, writing nothing
+  khib hibernate --target DEV [--codec s2|zstd] [--return] [--json]
+                                       save this system's memory to DEV and power off
+  khib image inspect [--json] DEV|FILE show an image's header, page counts and size
+  khib image verify DEV|FILE           check every checksum of an image
   khib arm [--kernel FILE]             boot the helper ahead of time and park it
   khib disarm                          unload the helper
   khib status [--json]                 is a helper loaded or parked, and what it costs
@@ -40,6 +44,10 @@ func main() {
 	switch cmd {
 	case "check":
 		code = cmdCheck(args)
+	case "hibernate":
+		code = cmdHibernate(args)
+	case "image":
+		code = cmdImage(args)
 	case "arm":
 		code = cmdArm(args)
 	case "disarm":

@@ -2,6 +2,7 @@ package elfcore
 
 import (
 	"bytes"
+	"cmp"
 	"debug/elf"
 	"encoding/binary"
 	"fmt"
@@ -18,6 +19,12 @@ type Headers struct {
 	// address where B's kernel reads the range; it must be congruent to
 	// PhysAddr modulo the page size, so that every page of A is one page
 	// of /proc/vmcore and can be mapped as such.
+	//
+	// Every Offset range, like the headers themselves and the note, must
+	// lie outside B's usable RAM: B's kernel reads them with ioremap_cache
+	// (arch/x86/kernel/crash_dump_64.c), which refuses RAM the running
+	// kernel owns (arch/x86/mm/ioremap.c: __ioremap_caller), and read(2)
+	// on /proc/vmcore then fails with EFAULT.
 	RAM []Load
 	// VmcoreinfoAddr and VmcoreinfoSize locate A's vmcoreinfo note, as
 	// /sys/kernel/vmcoreinfo gives them (see ReadVmcoreinfoSysfs).
@@ -37,20 +44,13 @@ func Build(h Headers) ([]byte, error) {
 		return nil, fmt.Errorf("elfcore: %d RAM ranges, at most %d fit", len(h.RAM), MaxProgs-1)
 	}
 	ram := slices.Clone(h.RAM)
-	slices.SortFunc(ram, func(a, b Load) int {
-		switch {
-		case a.PhysAddr < b.PhysAddr:
-			return -1
-		case a.PhysAddr > b.PhysAddr:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(ram, byPhysAddr)
 	for i, l := range ram {
 		switch {
 		case l.Size == 0:
 			return nil, fmt.Errorf("elfcore: RAM range at %#x is empty", l.PhysAddr)
-		case l.PhysAddr+l.Size < l.PhysAddr || l.Offset+l.Size < l.Offset:
+		case l.PhysAddr+l.Size < l.PhysAddr || l.Offset+l.Size < l.Offset || l.Offset+l.Size > ^uint64(pageSize-1):
+			// B's kernel rounds the end of p_offset+p_memsz up to a page.
 			return nil, fmt.Errorf("elfcore: RAM range %v wraps the address space", l)
 		case l.Offset%pageSize != l.PhysAddr%pageSize:
 			return nil, fmt.Errorf("elfcore: RAM range %v: copy is not page-aligned like the original", l)
@@ -112,6 +112,8 @@ func Build(h Headers) ([]byte, error) {
 	}
 	return b.Bytes(), nil
 }
+
+func byPhysAddr(a, b Load) int { return cmp.Compare(a.PhysAddr, b.PhysAddr) }
 
 // noteSource checks the vmcoreinfo note's place and returns the physical
 // address B's kernel must read it from: if the note lies in a range that
@@ -190,13 +192,9 @@ func ParseVmcoreinfoSysfs(b []byte) (addr, size uint64, err error) {
 }
 
 // parseHex parses hex digits with an optional 0x, and nothing else (no
-// sign, no underscores, which strconv's base 0 would allow).
+// underscores, which strconv's base 0 would allow).
 func parseHex(s string) (uint64, error) {
-	s = strings.TrimPrefix(strings.TrimPrefix(s, "0x"), "0X")
-	if s == "" || s[0] == '+' || s[0] == '-' {
-		return 0, strconv.ErrSyntax
-	}
-	return strconv.ParseUint(s, 16, 64)
+	return strconv.ParseUint(strings.TrimPrefix(s, "0x"), 16, 64)
 }
 
 func clip(b []byte) string {

@@ -29,8 +29,8 @@ type rawNote struct {
 
 // walkNotes calls fn for each note in b until fn returns false or b ends.
 // Names and descriptors are padded to 4 bytes, as Linux writes notes for
-// both ELF classes. A note that does not fit in what is left is an error;
-// so are fewer than a header's worth of trailing bytes, unless zero.
+// both ELF classes. A note that does not fit, padding included, in what is
+// left is an error; so are trailing bytes too few for a header.
 // base is b's offset in the file, for errors.
 func walkNotes(b []byte, base int64, fn func(rawNote) bool) error {
 	off := 0
@@ -46,7 +46,8 @@ func walkNotes(b []byte, base int64, fn func(rawNote) bool) error {
 		descOff, _ := alignUp(nameEnd, noteAlign)
 		descEnd := descOff + uint64(descsz)
 		next, _ := alignUp(descEnd, noteAlign)
-		if descEnd > uint64(len(b)) {
+		// Padding included, as both vmcore.c and lib/buildid.c count it.
+		if next > uint64(len(b)) {
 			return &FormatError{base + int64(off), "note extends past its segment", fmt.Sprintf("n_namesz %d, n_descsz %d, %d bytes left", namesz, descsz, len(b)-off)}
 		}
 		n := rawNote{
@@ -57,10 +58,6 @@ func walkNotes(b []byte, base int64, fn func(rawNote) bool) error {
 			desc:   b[descOff:descEnd:descEnd],
 		}
 		if !fn(n) {
-			return nil
-		}
-		if next > uint64(len(b)) {
-			// The last descriptor's padding may be cut off; nothing follows.
 			return nil
 		}
 		off = int(next)

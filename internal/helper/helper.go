@@ -16,7 +16,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/khib/khib/internal/cpio"
+	"github.com/khib/khib/internal/elfcore"
 	"github.com/khib/khib/internal/kexec"
+	"github.com/khib/khib/internal/mailbox"
 	"github.com/khib/khib/internal/memmap"
 )
 
@@ -32,7 +34,11 @@ type State struct {
 	Segments   int       `json:"segments"`
 	LoadedByte uint64    `json:"loaded_bytes"` // memory the loaded segments cost A
 	Entry      uint64    `json:"entry"`
-	Jumps      int       `json:"jumps"` // round trips since the load; 0: the next jump boots it
+	Jumps      int       `json:"jumps"`   // round trips since the load; 0: the next jump boots it
+	Mailbox    uint64    `json:"mailbox"` // physical address of the mailbox page
+	Token      string    `json:"token"`   // the mailbox token, hex
+	Seq        int       `json:"seq"`     // last request number
+	JumpBack   uint64    `json:"jump_back,omitempty"`
 }
 
 // Parked reports whether the next jump resumes a helper that already ran.
@@ -151,13 +157,48 @@ func Firmware() ([]kexec.E820Entry, error) {
 	return out, nil
 }
 
+// CoreHeaders builds the ELF core headers through which the helper sees
+// A's memory as /proc/vmcore: every System RAM range of A outside R, with
+// the low window read from its backup in R (the helper reuses that low
+// memory), and A's vmcoreinfo note.
+func CoreHeaders(r, backup kexec.Range) ([]byte, error) {
+	f, err := os.Open("/proc/iomem")
+	if err != nil {
+		return nil, fmt.Errorf("reading memory map: %w", err)
+	}
+	defer f.Close()
+	io, err := memmap.ParseIomem(f)
+	if err != nil {
+		return nil, fmt.Errorf("reading /proc/iomem: %w", err)
+	}
+	low := kexec.DefaultLowWindow
+	var loads []elfcore.Load
+	for _, ram := range io.SystemRAM() {
+		// Whole pages: the image and /proc/vmcore work in pages. A range
+		// that ends mid-page (below the EBDA) takes the rest of the page
+		// along; its content is restored as it was.
+		ram := kexec.Range{Start: ram.Start &^ (kexec.PageSize - 1), End: (ram.End + kexec.PageSize - 1) &^ (kexec.PageSize - 1)}
+		for _, piece := range kexec.Subtract(ram, []kexec.Range{r, low}) {
+			loads = append(loads, elfcore.Load{PhysAddr: piece.Start, Size: piece.Size(), Offset: piece.Start})
+		}
+		if ram.Start <= low.Start && low.End <= ram.End {
+			loads = append(loads, elfcore.Load{PhysAddr: low.Start, Size: low.Size(), Offset: backup.Start})
+		}
+	}
+	addr, size, err := elfcore.ReadVmcoreinfoSysfs("/sys/kernel/vmcoreinfo")
+	if err != nil {
+		return nil, fmt.Errorf("vmcoreinfo: %w", err)
+	}
+	return elfcore.Build(elfcore.Headers{RAM: loads, VmcoreinfoAddr: addr, VmcoreinfoSize: size})
+}
+
 // helperCmdline carries over the console settings of A's command line, so
 // that the helper prints where A prints.
 func helperCmdline(extra string) string {
 	b, _ := os.ReadFile("/proc/cmdline")
 	var keep []string
 	for _, w := range strings.Fields(string(b)) {
-		for _, p := range []string{"console=", "earlyprintk=", "loglevel=", "panic=", "ignore_loglevel", "quiet", "printk.time="} {
+		for _, p := range []string{"console=", "earlyprintk=", "loglevel=", "panic=", "ignore_loglevel", "quiet", "printk.time=", "no_console_suspend"} {
 			if strings.HasPrefix(w, p) {
 				keep = append(keep, w)
 			}
@@ -194,10 +235,27 @@ func Load(o Options) (*State, *kexec.HelperPlan, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	tok, tokHex, err := newToken()
+	if err != nil {
+		return nil, nil, err
+	}
+	b, err := openBox(true)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer b.close()
+	if err := mailbox.Init(b.page, tok); err != nil {
+		return nil, nil, err
+	}
+	params := fmt.Sprintf("khib.mailbox=%#x khib.token=%s khib.region=%#x-%#x", b.phys, tokHex, r.Start, r.End)
+	if o.Cmdline != "" {
+		params += " " + o.Cmdline
+	}
 	plan, err := kexec.PlanHelper(kexec.HelperSpec{
-		Kernel: k, Initrd: initrd, Cmdline: helperCmdline(o.Cmdline),
+		Kernel: k, Initrd: initrd, Cmdline: helperCmdline(params),
 		Region: r, LowWindow: kexec.DefaultLowWindow, ReserveTop: kexec.DefaultReserveTop,
-		Firmware: fw,
+		Firmware:       fw,
+		CoreHeadersFor: func(backup kexec.Range) ([]byte, error) { return CoreHeaders(r, backup) },
 	})
 	if err != nil {
 		return nil, nil, err
@@ -206,7 +264,7 @@ func Load(o Options) (*State, *kexec.HelperPlan, error) {
 		return nil, nil, err
 	}
 	st := &State{Kernel: o.Kernel, LoadedAt: time.Now().UTC(), Region: r.String(),
-		Segments: len(plan.Segments), Entry: plan.Entry}
+		Segments: len(plan.Segments), Entry: plan.Entry, Mailbox: b.phys, Token: tokHex}
 	for _, s := range plan.Segments {
 		st.LoadedByte += s.Memsz
 	}
@@ -248,20 +306,54 @@ func Unload() error {
 	return nil
 }
 
-// Jump enters the loaded helper and returns when it jumps back, with the
-// time A spent away. CLOCK_BOOTTIME, because A's monotonic clock stands
-// still while A is suspended for the jump.
-func Jump(st *State) (time.Duration, error) {
-	t0 := boottime()
-	if err := kexec.Jump(); err != nil {
-		return 0, err
+// Jump hands req to the loaded helper through the mailbox, enters the
+// helper and returns when it jumps back, with its answer and the time A
+// spent away. CLOCK_BOOTTIME, because A's monotonic clock stands still
+// while A is suspended for the jump.
+func Jump(st *State, req mailbox.Request) (*mailbox.Response, time.Duration, error) {
+	tok, err := parseToken(st.Token)
+	if err != nil {
+		return nil, 0, err
 	}
+	b, err := openBox(false)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer b.close()
+	if b.phys != st.Mailbox {
+		return nil, 0, fmt.Errorf("%w (%#x, now %#x)", ErrMailboxMoved, st.Mailbox, b.phys)
+	}
+	st.Seq++
+	req.Seq = st.Seq
+	req.Time = time.Now().UTC()
+	req.Region = st.Region
+	if err := mailbox.PutRequest(b.page, tok, req); err != nil {
+		return nil, 0, err
+	}
+	// Save what can be saved before leaving: if the helper never comes
+	// back, A's filesystems are at least consistent on disk.
+	unix.Sync()
+	t0 := boottime()
+	err = kexec.Jump()
 	away := boottime() - t0
+	if err != nil {
+		return nil, away, err
+	}
 	st.Jumps++
 	if err := st.save(); err != nil {
-		return away, err
+		return nil, away, err
 	}
-	return away, nil
+	resp, ok, err := mailbox.GetResponse(b.page, tok)
+	if err != nil {
+		return nil, away, fmt.Errorf("reading the helper's answer: %w", err)
+	}
+	if !ok {
+		return nil, away, errors.New("the helper came back without an answer; its console says why")
+	}
+	if resp.Seq != req.Seq {
+		return nil, away, fmt.Errorf("the helper answered request %d, not %d", resp.Seq, req.Seq)
+	}
+	return &resp, away, nil
 }
 
 func boottime() time.Duration {

@@ -51,6 +51,15 @@ type HelperSpec struct {
 	LowWindow  Range       // low memory the helper may use as RAM
 	ReserveTop uint64      // bytes at the top of R kept out of the helper's RAM
 	Firmware   []E820Entry // the machine's firmware memory map (A's /sys/firmware/memmap)
+	// CoreHeaders, when set, are ELF core headers describing A's memory.
+	// They go into the reserved top of R, right after the low window's
+	// backup, and the helper gets elfcorehdr= pointing at them. They must
+	// lie outside the helper's RAM: inside it, the helper's kernel
+	// overwrites them before /proc/vmcore is set up.
+	CoreHeaders []byte
+	// CoreHeadersFor, when set, builds CoreHeaders once the backup's
+	// address is known (the headers point at the backup).
+	CoreHeadersFor func(backup Range) ([]byte, error)
 }
 
 // HelperPlan is where everything of a helper goes, ready for kexec_load.
@@ -60,6 +69,7 @@ type HelperPlan struct {
 	E820      []E820Entry // the helper's memory map
 	Cmdline   string      // with the jump-back placeholder
 	Backup    Range       // where the purgatory copies A's low window
+	Core      Range       // the ELF core headers, if any
 	Kernel    Range       // load address .. + init_size
 	Initrd    Range
 	HelperRAM Range // the part of R the helper uses as RAM
@@ -101,14 +111,31 @@ func PlanHelper(s HelperSpec) (*HelperPlan, error) {
 			s.Region, s.Region.Size()>>20, (need+(1<<20)-1)>>20)
 	}
 	p := &HelperPlan{HelperRAM: Range{s.Region.Start, s.Region.End - s.ReserveTop}}
-	p.Backup = Range{p.HelperRAM.End, p.HelperRAM.End + s.LowWindow.Size()}
+	p.Backup = BackupRange(s.Region, s.ReserveTop, s.LowWindow)
+	core := s.CoreHeaders
+	if s.CoreHeadersFor != nil {
+		var err error
+		if core, err = s.CoreHeadersFor(p.Backup); err != nil {
+			return nil, err
+		}
+	}
+	var extra []string
+	if len(core) > 0 {
+		start := alignUp(p.Backup.End, PageSize)
+		p.Core = Range{start, start + uint64(len(core))}
+		if alignUp(p.Core.End, PageSize) > s.Region.End {
+			return nil, fmt.Errorf("helper plan: %d bytes of core headers do not fit in the reserve at the top of R", len(core))
+		}
+		extra = append(extra, fmt.Sprintf("elfcorehdr=%#x", p.Core.Start))
+	}
 
 	kaddr := alignUp(s.Region.Start, uint64(k.KernelAlignment))
 	p.Kernel = Range{kaddr, kaddr + uint64(k.InitSize)}
 
 	// boot_params, command line and purgatory share one segment right
 	// after the kernel's init_size.
-	cmdline := strings.TrimSpace(s.Cmdline + " " + jumpBackPlaceholder)
+	cmdline := strings.Join(append(append([]string{s.Cmdline}, extra...), jumpBackPlaceholder), " ")
+	cmdline = strings.TrimSpace(cmdline)
 	if uint32(len(cmdline)) > k.CmdlineSize {
 		return nil, fmt.Errorf("helper plan: command line is %d bytes, the kernel takes %d", len(cmdline), k.CmdlineSize)
 	}
@@ -152,7 +179,17 @@ func PlanHelper(s HelperSpec) (*HelperPlan, error) {
 		{Name: "boot_params+cmdline+purgatory", Buf: boot, Mem: bpAddr, Memsz: alignUp(uint64(len(boot)), PageSize)},
 		{Name: "initramfs", Buf: s.Initrd, Mem: p.Initrd.Start, Memsz: isize},
 	}
+	if len(core) > 0 {
+		p.Segments = append(p.Segments, Segment{Name: "elfcorehdr", Buf: core, Mem: p.Core.Start, Memsz: alignUp(uint64(len(core)), PageSize)})
+	}
 	return p, nil
+}
+
+// BackupRange is where the purgatory copies A's low window: the start of
+// the reserve at the top of R.
+func BackupRange(region Range, reserveTop uint64, low Range) Range {
+	start := region.End - reserveTop
+	return Range{start, start + low.Size()}
 }
 
 // HelperE820 builds a helper's memory map from the machine's firmware map:
@@ -169,7 +206,7 @@ func HelperE820(firmware []E820Entry, low, ram Range) []E820Entry {
 			out = append(out, e)
 			continue
 		}
-		for _, piece := range subtract(Range{e.Addr, e.Addr + e.Size}, give) {
+		for _, piece := range Subtract(Range{e.Addr, e.Addr + e.Size}, give) {
 			out = append(out, E820Entry{piece.Start, piece.Size(), E820Reserved})
 		}
 	}
@@ -182,8 +219,8 @@ func HelperE820(firmware []E820Entry, low, ram Range) []E820Entry {
 	return out
 }
 
-// subtract returns the parts of r not covered by any of cut.
-func subtract(r Range, cut []Range) []Range {
+// Subtract returns the parts of r not covered by any of cut.
+func Subtract(r Range, cut []Range) []Range {
 	parts := []Range{r}
 	for _, c := range cut {
 		var next []Range

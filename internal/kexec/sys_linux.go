@@ -135,3 +135,50 @@ func ReadPhys(addr uint64, n int) ([]byte, error) {
 	copy(out, m[addr-base:])
 	return out, nil
 }
+
+// WritePhys writes b to physical memory at addr through an mmap of
+// /dev/mem. The helper uses it for pages that are RAM of A but not of its
+// own (STRICT_DEVMEM allows those).
+func WritePhys(addr uint64, b []byte) error {
+	f, err := os.OpenFile("/dev/mem", os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("opening /dev/mem: %w", err)
+	}
+	defer f.Close()
+	base := addr &^ (PageSize - 1)
+	span := int(alignUp(addr+uint64(len(b)), PageSize) - base)
+	m, err := unix.Mmap(int(f.Fd()), int64(base), span, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		if errors.Is(err, unix.EPERM) {
+			return fmt.Errorf("mapping /dev/mem at %#x: %w", base, ErrRAM)
+		}
+		return fmt.Errorf("mapping /dev/mem at %#x: %w", base, err)
+	}
+	copy(m[addr-base:], b)
+	return unix.Munmap(m)
+}
+
+// PhysAddr returns the physical address of the page that backs the given
+// virtual address in this process, from /proc/self/pagemap. The page must
+// be present (touched and locked); reading PFNs needs CAP_SYS_ADMIN.
+func PhysAddr(va uintptr) (uint64, error) {
+	f, err := os.Open("/proc/self/pagemap")
+	if err != nil {
+		return 0, fmt.Errorf("opening pagemap: %w", err)
+	}
+	defer f.Close()
+	var e [8]byte
+	if _, err := f.ReadAt(e[:], int64(va/PageSize)*8); err != nil {
+		return 0, fmt.Errorf("reading pagemap: %w", err)
+	}
+	v := uint64(e[0]) | uint64(e[1])<<8 | uint64(e[2])<<16 | uint64(e[3])<<24 |
+		uint64(e[4])<<32 | uint64(e[5])<<40 | uint64(e[6])<<48 | uint64(e[7])<<56
+	if v&(1<<63) == 0 {
+		return 0, fmt.Errorf("page at %#x is not present", va)
+	}
+	pfn := v & (1<<55 - 1)
+	if pfn == 0 {
+		return 0, errors.New("pagemap hides physical addresses (needs CAP_SYS_ADMIN)")
+	}
+	return pfn*PageSize + uint64(va%PageSize), nil
+}

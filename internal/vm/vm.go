@@ -64,7 +64,7 @@ type Config struct {
 // DefaultAppend is the kernel command line every scenario starts from: the
 // console on the first serial port, all messages, and a panic that stops the
 // machine at once (with -no-reboot QEMU then exits instead of rebooting).
-const DefaultAppend = "console=ttyS0 earlyprintk=serial loglevel=8 panic=-1"
+const DefaultAppend = "console=ttyS0 earlyprintk=serial loglevel=8 panic=-1 no_console_suspend"
 
 // Line is one line of console output.
 type Line struct {

@@ -1,0 +1,159 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+
+	"github.com/khib/khib/internal/helper"
+	"github.com/khib/khib/internal/image"
+	"github.com/khib/khib/internal/kconfig"
+	"github.com/khib/khib/internal/mailbox"
+	"github.com/khib/khib/internal/target"
+)
+
+const hibernateHelp = `Usage: khib hibernate --target DEV [--codec s2|zstd|none] [--return] [--json] [--kernel FILE]
+
+Hibernate this system: jump into khib's helper kernel, which saves this
+system's memory as a verified image on DEV and powers the machine off.
+
+DEV is a raw block device (a partition or a whole disk) that this system
+does not use: khib refuses one that is mounted, used as swap, or held by
+another device. Whatever DEV held before is overwritten.
+
+If a helper is armed (khib arm), the jump resumes it and no kernel boots;
+otherwise khib boots one first. If anything goes wrong in the helper (no
+device, a write error, a full device, unreadable memory), the helper jumps
+back: this command then exits 1 with the helper's reason and the system
+keeps running as before.
+
+Options:
+`
+
+type hibernateResult struct {
+	OK      bool           `json:"ok"`
+	Error   string         `json:"error,omitempty"`
+	Target  string         `json:"target"`
+	Mode    string         `json:"mode,omitempty"` // helper "fresh" or "armed"
+	AwayS   float64        `json:"away_s,omitempty"`
+	Figures map[string]any `json:"figures,omitempty"`
+}
+
+func cmdHibernate(args []string) int {
+	fs := flag.NewFlagSet("hibernate", flag.ContinueOnError)
+	dev := fs.String("target", "", "the block device for the image (required)")
+	codec := fs.String("codec", "s2", "compression: s2 (fast), zstd (smaller), none")
+	ret := fs.Bool("return", false, "after saving, jump back instead of powering off (snapshot and go on)")
+	asJSON := fs.Bool("json", false, "print one JSON object")
+	kernel := fs.String("kernel", helper.DefaultKernel(), "the helper kernel (bzImage), when no helper is armed")
+	fs.Usage = func() { fmt.Fprint(os.Stderr, hibernateHelp); fs.PrintDefaults() }
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if *dev == "" || fs.NArg() > 0 {
+		fmt.Fprintln(os.Stderr, "khib hibernate: --target DEV is required (see khib hibernate --help)")
+		return 2
+	}
+	if _, err := image.ParseCodec(*codec); err != nil {
+		fmt.Fprintf(os.Stderr, "khib hibernate: %v\n", err)
+		return 2
+	}
+	res := hibernateResult{Target: *dev}
+	err := hibernate(&res, *dev, *codec, *ret, *kernel)
+	if err != nil {
+		res.Error = err.Error()
+	}
+	res.OK = err == nil
+	if *asJSON {
+		json.NewEncoder(os.Stdout).Encode(res)
+	}
+	if err != nil {
+		return fail("hibernate: %v", err)
+	}
+	if !*asJSON {
+		fmt.Printf("khib: back after %.1f s away\n", res.AwayS)
+	}
+	return 0
+}
+
+// minTarget is the least khib accepts before asking the helper: smaller
+// devices cannot hold any real system's image. The helper finds out the
+// exact need while writing, and says so.
+const minTarget = 16 << 20
+
+func hibernate(res *hibernateResult, dev, codec string, ret bool, kernel string) error {
+	if os.Geteuid() != 0 {
+		return errors.New("must run as root")
+	}
+	info, err := target.Inspect(dev)
+	if err != nil {
+		return err
+	}
+	if err := target.CheckUnused(info); err != nil {
+		return err
+	}
+	if info.Size < minTarget {
+		return fmt.Errorf("%s is too small: %d MiB, an image needs at least %d MiB and typically a third to a half of RAM", dev, info.Size>>20, minTarget>>20)
+	}
+	if _, err := helper.Region(); err != nil {
+		return err
+	}
+	if cfg, src, err := kconfig.Load(); err == nil && !cfg.Enabled("CONFIG_KEXEC_JUMP") {
+		return fmt.Errorf("the running kernel has no CONFIG_KEXEC_JUMP (%s)", src)
+	}
+	nonce, err := image.NewNonce()
+	if err != nil {
+		return err
+	}
+	// The reservation tells the helper which device is the target, whatever
+	// it is called there, and invalidates an older image on it.
+	f, err := os.OpenFile(dev, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("opening %s: %w", dev, err)
+	}
+	err = image.WriteReservation(f, nonce, info.Size)
+	if err == nil {
+		err = f.Sync()
+	}
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("reserving %s: %w", dev, err)
+	}
+
+	for attempt := 0; ; attempt++ {
+		st, err := helper.Current()
+		if err != nil {
+			return err
+		}
+		res.Mode = "armed"
+		if st == nil || !st.Parked() {
+			res.Mode = "fresh"
+			if st != nil {
+				helper.Unload()
+			}
+			if st, _, err = helper.Load(helper.Options{Kernel: kernel}); err != nil {
+				return err
+			}
+		}
+		fmt.Fprintf(os.Stderr, "khib: hibernating to %s (%d MiB) with the %s helper\n", dev, info.Size>>20, res.Mode)
+		resp, away, err := helper.Jump(st, mailbox.Request{Cmd: mailbox.CmdSave, Nonce: nonce.String(), Codec: codec, Return: ret})
+		if errors.Is(err, helper.ErrMailboxMoved) && attempt == 0 {
+			helper.Unload()
+			continue
+		}
+		res.AwayS = away.Seconds()
+		if err != nil {
+			return err
+		}
+		res.Figures = resp.Figures
+		if !resp.OK {
+			return fmt.Errorf("the helper could not save; this system keeps running: %s", resp.Error)
+		}
+		return nil
+	}
+}

@@ -1,0 +1,137 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/khib/khib/internal/image"
+	"github.com/khib/khib/internal/target"
+)
+
+const imageHelp = `Usage: khib image inspect [--json] DEV|FILE
+       khib image verify [--json] DEV|FILE
+
+inspect prints an image's header: A's kernel, memory map and reserved
+region, the jump-back entry, when and with which codec it was written, its
+state, page counts by kind, and the stored size and compression ratio.
+
+verify reads every chunk, checks its checksums and decompresses it. The
+exit status tells the result: 0 the image is complete and intact, 1 it is
+not (the message names the first bad chunk and its offset).
+`
+
+func cmdImage(args []string) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprint(os.Stderr, imageHelp)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	sub := args[0]
+	fs := flag.NewFlagSet("image "+sub, flag.ContinueOnError)
+	asJSON := fs.Bool("json", false, "print one JSON object")
+	fs.Usage = func() { fmt.Fprint(os.Stderr, imageHelp) }
+	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() != 1 || (sub != "inspect" && sub != "verify") {
+		fmt.Fprint(os.Stderr, imageHelp)
+		return 2
+	}
+	path := fs.Arg(0)
+	f, err := os.Open(path)
+	if err != nil {
+		return fail("image: %v", err)
+	}
+	defer f.Close()
+	size, err := fileSize(f)
+	if err != nil {
+		return fail("image: %s: %v", path, err)
+	}
+	rd, err := image.Open(f, size)
+	if err != nil {
+		if *asJSON {
+			json.NewEncoder(os.Stdout).Encode(map[string]any{"ok": false, "path": path, "error": err.Error()})
+		}
+		return fail("image %s: %s: %v", sub, path, err)
+	}
+	defer rd.Close()
+	if sub == "inspect" {
+		return inspect(rd, path, *asJSON)
+	}
+	return verify(rd, path, *asJSON)
+}
+
+func fileSize(f *os.File) (int64, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	if st.Mode()&os.ModeDevice != 0 {
+		return target.DeviceSize(f)
+	}
+	return st.Size(), nil
+}
+
+func inspect(rd *image.Reader, path string, asJSON bool) int {
+	sb, meta, st := rd.Superblock(), rd.Meta(), rd.Stats()
+	if asJSON {
+		json.NewEncoder(os.Stdout).Encode(map[string]any{
+			"path": path, "state": sb.State.String(), "version": sb.Version, "meta": meta,
+			"pages": st.Pages, "zero_pages": st.ZeroPages, "data_pages": st.DataPages,
+			"chunks": st.Chunks, "raw_bytes": st.RawBytes, "stored_bytes": st.StoredBytes,
+			"image_bytes": st.ImageBytes, "ratio": st.Ratio(),
+		})
+		return 0
+	}
+	fmt.Printf("image %s\n", path)
+	fmt.Printf("  state        %s (format version %d)\n", sb.State, sb.Version)
+	fmt.Printf("  uuid         %s\n", meta.UUID)
+	fmt.Printf("  created      %s\n", meta.Created.Format(time.RFC3339))
+	fmt.Printf("  kernel       %s, build-id %s\n", meta.KernelRelease, meta.BuildID)
+	fmt.Printf("  region R     %s\n", meta.Region)
+	fmt.Printf("  jump-back    %#x\n", meta.JumpBack)
+	var ram uint64
+	for _, r := range meta.RAM {
+		ram += r.Size()
+		fmt.Printf("  RAM          %s (%d MiB)\n", r, r.Size()>>20)
+	}
+	fmt.Printf("  pages        %d (%d MiB): %d zero, %d stored\n", st.Pages, st.Pages*image.PageSize>>20, st.ZeroPages, st.DataPages)
+	fmt.Printf("  stored       %.1f MiB in %d chunks, codec %s, ratio %.3f\n", float64(st.StoredBytes)/(1<<20), st.Chunks, meta.Codec, st.Ratio())
+	fmt.Printf("  image size   %.1f MiB\n", float64(st.ImageBytes)/(1<<20))
+	return 0
+}
+
+func verify(rd *image.Reader, path string, asJSON bool) int {
+	t0 := time.Now()
+	last := time.Now()
+	err := rd.Verify(func(done, total int) {
+		if !asJSON && time.Since(last) > time.Second {
+			last = time.Now()
+			fmt.Fprintf(os.Stderr, "khib: verifying %d/%d chunks\n", done, total)
+		}
+	})
+	if asJSON {
+		out := map[string]any{"ok": err == nil, "path": path, "seconds": time.Since(t0).Seconds()}
+		if err != nil {
+			out["error"] = err.Error()
+		}
+		json.NewEncoder(os.Stdout).Encode(out)
+	}
+	if err != nil {
+		return fail("image verify: %s: %v", path, err)
+	}
+	if !asJSON {
+		st := rd.Stats()
+		fmt.Printf("khib: %s is intact: %d chunks, %d pages verified in %.1f s\n", path, st.Chunks, st.Pages, time.Since(t0).Seconds())
+	}
+	return 0
+}

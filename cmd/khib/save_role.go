@@ -1,0 +1,216 @@
+package main
+
+import (
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/khib/khib/internal/elfcore"
+	"github.com/khib/khib/internal/image"
+	"github.com/khib/khib/internal/mailbox"
+	"github.com/khib/khib/internal/target"
+)
+
+// mapWindow is how much of /proc/vmcore the helper maps at a time: large
+// enough that mapping costs nothing, small enough to keep page tables small.
+const mapWindow = 64 << 20
+
+// save is the helper's save role: it finds the device A reserved, streams
+// A's memory from /proc/vmcore into an image there, and marks it complete.
+// Any error is returned to A, which keeps running.
+func save(h *helperEnv, req mailbox.Request) mailbox.Response {
+	fail := func(format string, a ...any) mailbox.Response {
+		return mailbox.Response{Error: fmt.Sprintf(format, a...)}
+	}
+	var nonce image.Nonce
+	if b, err := hex.DecodeString(req.Nonce); err != nil || len(b) != len(nonce) {
+		return fail("save: bad nonce %q in the request", req.Nonce)
+	} else {
+		copy(nonce[:], b)
+	}
+	dev, path, err := target.Find(func(r io.ReaderAt) bool {
+		_, err := image.FindReservation(r, nonce)
+		return err == nil
+	})
+	if err != nil {
+		return fail("save: finding the target: %v", err)
+	}
+	defer dev.Close()
+	size, err := target.DeviceSize(dev)
+	if err != nil {
+		return fail("save: %s: %v", path, err)
+	}
+	core, err := elfcore.Open("/proc/vmcore")
+	if err != nil {
+		return fail("save: A's memory is not readable: %v", err)
+	}
+	defer core.Close()
+	meta, err := describeA(h, core, req)
+	if err != nil {
+		return fail("save: %v", err)
+	}
+	// The answer A finds after a resume is the one in the image, so it is
+	// written before the mailbox page is saved. On failure it is replaced.
+	if err := writeResponse(h, mailbox.Response{Seq: req.Seq, OK: true, Figures: map[string]any{"from_image": true}}); err != nil {
+		return fail("save: writing the mailbox: %v", err)
+	}
+	console("khib-helper: saving A (%s, %d MiB of RAM) to %s (%d MiB), codec %s",
+		meta.KernelRelease, totalRAM(meta.RAM)>>20, path, size>>20, codecName(req.Codec))
+
+	t0 := time.Now()
+	w, err := image.NewWriter(dev, size, image.WriterOptions{
+		Codec: req.Codec, Workers: runtime.NumCPU(), Sync: dev.Sync, Meta: meta, Nonce: nonce,
+	})
+	if err != nil {
+		return fail("save: %s: %v", path, err)
+	}
+	if err := streamCore(core, w, totalRAM(meta.RAM)); err != nil {
+		w.Close()
+		return fail("save to %s: %v", path, err)
+	}
+	if err := w.Close(); err != nil {
+		return fail("save to %s: %v", path, err)
+	}
+	d := time.Since(t0)
+	st := w.Stats()
+	mb := float64(st.Pages*image.PageSize) / 1e6
+	console("khib-helper: image complete on %s: %d pages (%d zero), %.1f MiB stored, ratio %.3f, %.1f s, %.0f MB/s",
+		path, st.Pages, st.ZeroPages, float64(st.ImageBytes)/(1<<20), st.Ratio(), d.Seconds(), mb/d.Seconds())
+	return mailbox.Response{OK: true, Figures: map[string]any{
+		"power_off":    !req.Return,
+		"device":       path,
+		"pages":        st.Pages,
+		"zero_pages":   st.ZeroPages,
+		"image_bytes":  st.ImageBytes,
+		"save_s":       d.Seconds(),
+		"save_mb_s":    mb / d.Seconds(),
+		"uuid":         w.UUID().String(),
+		"stored_ratio": st.Ratio(),
+	}}
+}
+
+func codecName(c string) string {
+	if c == "" {
+		return "s2"
+	}
+	return c
+}
+
+// describeA builds the image's identity of A from A's own vmcoreinfo and
+// the helper's view of A's memory.
+func describeA(h *helperEnv, core *elfcore.File, req mailbox.Request) (image.Meta, error) {
+	info, err := core.Vmcoreinfo()
+	if err != nil {
+		return image.Meta{}, fmt.Errorf("A's vmcoreinfo: %w", err)
+	}
+	release, err := info.OSRelease()
+	if err != nil {
+		return image.Meta{}, err
+	}
+	buildID, err := info.BuildID()
+	if err != nil {
+		return image.Meta{}, err
+	}
+	m := image.Meta{KernelRelease: release, BuildID: buildID, JumpBack: h.jumpBack, Created: req.Time}
+	for _, l := range sortedLoads(core) {
+		m.RAM = append(m.RAM, image.Range{Start: l.PhysAddr, End: l.End()})
+	}
+	if a, b, ok := strings.Cut(h.region, "-"); ok {
+		start, err1 := strconv.ParseUint(strings.TrimPrefix(a, "0x"), 16, 64)
+		end, err2 := strconv.ParseUint(strings.TrimPrefix(b, "0x"), 16, 64)
+		if err1 == nil && err2 == nil {
+			m.Region = image.Range{Start: start, End: end}
+		}
+	}
+	return m, nil
+}
+
+func sortedLoads(core *elfcore.File) []elfcore.Load {
+	loads := core.Loads()
+	sort.Slice(loads, func(i, j int) bool { return loads[i].PhysAddr < loads[j].PhysAddr })
+	return loads
+}
+
+func totalRAM(rs []image.Range) uint64 {
+	var n uint64
+	for _, r := range rs {
+		n += r.End - r.Start
+	}
+	return n
+}
+
+// streamCore maps /proc/vmcore window by window and hands A's pages to the
+// image writer in physical order. mmap, not read: read(2) of /proc/vmcore
+// copies every page through a bounce buffer and ran at about half the speed.
+func streamCore(core *elfcore.File, w *image.Writer, total uint64) error {
+	f, err := os.Open("/proc/vmcore")
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	p := newProgress("saving", total)
+	for _, l := range sortedLoads(core) {
+		if l.PhysAddr%image.PageSize != 0 || l.Size%image.PageSize != 0 || l.Offset%image.PageSize != 0 {
+			return fmt.Errorf("A's memory range %v is not page aligned", l)
+		}
+		for off := uint64(0); off < l.Size; off += mapWindow {
+			n := min(uint64(mapWindow), l.Size-off)
+			m, err := unix.Mmap(int(f.Fd()), int64(l.Offset+off), int(n), unix.PROT_READ, unix.MAP_PRIVATE)
+			if err != nil {
+				return fmt.Errorf("mapping A's memory at %#x: %w", l.PhysAddr+off, err)
+			}
+			for i := uint64(0); i < n; i += 1 << 20 {
+				j := min(i+1<<20, n)
+				if err := w.AddPages((l.PhysAddr+off+i)/image.PageSize, m[i:j]); err != nil {
+					unix.Munmap(m)
+					return err
+				}
+				p.add(j - i)
+			}
+			unix.Munmap(m)
+		}
+	}
+	p.print()
+	return nil
+}
+
+// progress prints percent done, MB/s and ETA on the console, at most once
+// a second.
+type progress struct {
+	what        string
+	total, n    uint64
+	start, last time.Time
+}
+
+func newProgress(what string, total uint64) *progress {
+	now := time.Now()
+	return &progress{what: what, total: total, start: now, last: now}
+}
+
+func (p *progress) add(n uint64) {
+	p.n += n
+	if time.Since(p.last) < time.Second {
+		return
+	}
+	p.last = time.Now()
+	p.print()
+}
+
+func (p *progress) print() {
+	el := time.Since(p.start).Seconds()
+	rate := float64(p.n) / 1e6 / el
+	pct := 100 * float64(p.n) / float64(max(p.total, 1))
+	eta := 0.0
+	if rate > 0 {
+		eta = float64(p.total-p.n) / 1e6 / rate
+	}
+	console("khib-helper: %s %3.0f%%  %d/%d MiB  %.0f MB/s  ETA %.0f s", p.what, pct, p.n>>20, p.total>>20, rate, eta)
+}

@@ -1,0 +1,489 @@
+package image
+
+import (
+	"fmt"
+	"io"
+	"runtime"
+	"sort"
+	"sync"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/klauspost/compress/zstd"
+)
+
+// Reader reads a complete image. Open has checked the superblock, the
+// metadata and the index against their hashes; chunks are checked as they
+// are read. A Reader is safe for concurrent use.
+type Reader struct {
+	// Workers is how many goroutines Verify and Restore use to read and
+	// decode chunks ahead of the caller. Open sets GOMAXPROCS.
+	Workers int
+
+	r    io.ReaderAt
+	sb   Superblock
+	meta Meta
+	ix   *index
+
+	zonce sync.Once
+	zdec  *zstd.Decoder
+	zerr  error
+
+	mu    sync.Mutex // guards cache
+	cache []cached
+	tick  uint64
+}
+
+// cached is a decoded chunk kept for ReadPage.
+type cached struct {
+	chunk  int // -1: empty
+	used   uint64
+	stored []byte
+	raw    []byte
+	pages  []byte
+}
+
+// readPageCache is how many decoded chunks ReadPage keeps (1 MiB with
+// 64-page chunks): enough for a caller that reads a few neighbouring pages.
+const readPageCache = 4
+
+// Open checks an image of size bytes and returns a Reader for it. A
+// superblock in state Writing or Failed gives ErrIncomplete, one in state
+// Invalidated ErrInvalidated. Nothing is allocated on the say-so of the
+// image beyond what its size and the format's limits allow.
+func Open(r io.ReaderAt, size int64) (*Reader, error) {
+	if size < 0 {
+		size = 0
+	}
+	sb, err := ReadSuperblock(io.NewSectionReader(r, 0, size))
+	if err != nil {
+		return nil, err
+	}
+	switch sb.State {
+	case StateComplete:
+	case StateWriting:
+		return nil, fmt.Errorf("%w: state %v (the save did not finish)", ErrIncomplete, sb.State)
+	case StateFailed:
+		return nil, fmt.Errorf("%w: state %v (the save gave up)", ErrIncomplete, sb.State)
+	case StateInvalidated:
+		return nil, fmt.Errorf("%w: state %v (already resumed from)", ErrInvalidated, sb.State)
+	}
+	if err := checkLayout(sb, uint64(size)); err != nil {
+		return nil, err
+	}
+	// Every later read stays below ImageSize, which checkLayout held to
+	// size; the section makes sure.
+	r = io.NewSectionReader(r, 0, size)
+	rd := &Reader{Workers: runtime.GOMAXPROCS(0), r: r, sb: *sb}
+
+	mb, err := readRegion(r, "metadata", sb.MetaOff, sb.MetaLen, sb.MetaHash)
+	if err != nil {
+		return nil, err
+	}
+	m, err := parseMeta(mb[:sb.MetaLen], sb)
+	if err != nil {
+		return nil, err
+	}
+	rd.meta = *m
+
+	ib, err := readRegion(r, "index", sb.IndexOff, sb.IndexLen, sb.IndexHash)
+	if err != nil {
+		return nil, err
+	}
+	place := newPlacement(m)
+	if rd.ix, err = parseIndex(ib, sb, &place); err != nil {
+		return nil, err
+	}
+	return rd, nil
+}
+
+// checkLayout checks a Complete superblock's numbers against each other,
+// against the format's limits and against the image size, so that every
+// later read is in bounds and every allocation bounded.
+func checkLayout(sb *Superblock, size uint64) error {
+	switch {
+	case sb.PageSize != PageSize:
+		return formatErr(48, "page size %d, want %d", sb.PageSize, PageSize)
+	case sb.ChunkPages < 1 || sb.ChunkPages > MaxChunkPages:
+		return formatErr(52, "%d pages per chunk, want 1 to %d", sb.ChunkPages, MaxChunkPages)
+	case !sb.Codec.known():
+		return formatErr(56, "unknown codec %d", uint8(sb.Codec))
+	case sb.UUID.IsZero():
+		return formatErr(16, "no UUID")
+	case sb.DataOff != SuperblockSize:
+		return formatErr(88, "data area at %#x, want %#x", sb.DataOff, SuperblockSize)
+	// Each length is at most the image size (itself below 2^63), so the
+	// sums below cannot wrap.
+	case sb.ImageSize > size:
+		return formatErr(size, "truncated: the image ends at %#x, only %#x bytes are there", sb.ImageSize, size)
+	case sb.DataLen > sb.ImageSize || sb.IndexLen > sb.ImageSize || sb.MetaLen > sb.ImageSize:
+		return formatErr(96, "region lengths (%#x, %#x, %#x) exceed the image (%#x)", sb.DataLen, sb.IndexLen, sb.MetaLen, sb.ImageSize)
+	case sb.IndexOff != sb.DataOff+alignUp(sb.DataLen):
+		return formatErr(112, "index at %#x, want %#x", sb.IndexOff, sb.DataOff+alignUp(sb.DataLen))
+	case sb.MetaOff != sb.IndexOff+alignUp(sb.IndexLen):
+		return formatErr(136, "metadata at %#x, want %#x", sb.MetaOff, sb.IndexOff+alignUp(sb.IndexLen))
+	case sb.ImageSize != sb.MetaOff+alignUp(sb.MetaLen):
+		return formatErr(72, "image size %#x, want %#x", sb.ImageSize, sb.MetaOff+alignUp(sb.MetaLen))
+	case sb.MetaLen == 0 || sb.MetaLen > MaxMetaSize:
+		return formatErr(144, "metadata of %d bytes, want 1 to %d", sb.MetaLen, MaxMetaSize)
+	case sb.IndexLen < indexHeaderSize || sb.IndexLen > MaxIndexSize:
+		return formatErr(120, "index of %d bytes, want %d to %d", sb.IndexLen, indexHeaderSize, MaxIndexSize)
+	case sb.Runs > sb.IndexLen/runEntrySize || sb.Chunks > sb.IndexLen/chunkEntrySize ||
+		sb.IndexLen != indexLen(sb.Runs, sb.Chunks):
+		return formatErr(120, "index of %d bytes cannot hold %d runs and %d chunks", sb.IndexLen, sb.Runs, sb.Chunks)
+	case sb.ZeroPages > sb.Pages || sb.DataPages != sb.Pages-sb.ZeroPages:
+		return formatErr(160, "%d pages are not %d zero + %d data", sb.Pages, sb.ZeroPages, sb.DataPages)
+	case sb.Chunks > sb.DataPages || sb.DataPages > sb.Chunks*uint64(sb.ChunkPages):
+		return formatErr(176, "%d data pages cannot fill %d chunks of up to %d", sb.DataPages, sb.Chunks, sb.ChunkPages)
+	case sb.Chunks > sb.DataLen/(chunkHeaderSize+1) || (sb.Chunks == 0) != (sb.DataLen == 0):
+		return formatErr(96, "data area of %d bytes cannot hold %d chunks", sb.DataLen, sb.Chunks)
+	}
+	return nil
+}
+
+// readRegion reads a region with its padding and checks its hash. Its
+// length has been bounded by checkLayout.
+func readRegion(r io.ReaderAt, name string, off, n, sum uint64) ([]byte, error) {
+	b := make([]byte, alignUp(n))
+	if err := readFull(r, b, off); err != nil {
+		if err == errShort {
+			return nil, formatErr(off, "truncated %s", name)
+		}
+		return nil, fmt.Errorf("image: reading %s at offset %#x: %w", name, off, err)
+	}
+	if xxhash.Sum64(b) != sum {
+		return nil, formatErr(off, "%s checksum mismatch", name)
+	}
+	return b, nil
+}
+
+// Close releases the decoder; the Reader must not be used afterwards.
+func (rd *Reader) Close() error {
+	rd.zonce.Do(func() { rd.zerr = fmt.Errorf("image: reader closed") })
+	if rd.zdec != nil {
+		rd.zdec.Close()
+	}
+	return nil
+}
+
+func (rd *Reader) zstdDecoder() (*zstd.Decoder, error) {
+	rd.zonce.Do(func() {
+		rd.zdec, rd.zerr = newZstdDecoder()
+	})
+	return rd.zdec, rd.zerr
+}
+
+// Superblock returns a copy of the superblock.
+func (rd *Reader) Superblock() Superblock { return rd.sb }
+
+// Meta returns a copy of the metadata.
+func (rd *Reader) Meta() Meta { return rd.meta.clone() }
+
+// Runs returns the page runs in physical order. The slice belongs to the
+// Reader and must not be modified.
+func (rd *Reader) Runs() []Run { return rd.ix.runs }
+
+// Chunks returns the chunk table. The slice belongs to the Reader and must
+// not be modified.
+func (rd *Reader) Chunks() []Chunk { return rd.ix.chunks }
+
+// Stats returns the image's figures.
+func (rd *Reader) Stats() Stats {
+	s := Stats{
+		Pages:       rd.sb.Pages,
+		ZeroPages:   rd.sb.ZeroPages,
+		DataPages:   rd.sb.DataPages,
+		Runs:        rd.sb.Runs,
+		Chunks:      rd.sb.Chunks,
+		RawBytes:    rd.sb.DataPages * PageSize,
+		StoredBytes: rd.sb.DataLen,
+		ImageBytes:  rd.sb.ImageSize,
+	}
+	for _, c := range rd.ix.chunks {
+		if c.Codec == CodecNone {
+			s.RawChunks++
+		}
+	}
+	return s
+}
+
+// chunkBufs returns buffers large enough for any chunk of this image.
+func (rd *Reader) chunkBufs() (stored, raw []byte) {
+	n := int(rd.sb.ChunkPages) * PageSize
+	return make([]byte, chunkHeaderSize+n), make([]byte, n)
+}
+
+// readChunk reads chunk i into stored, checks its header and both hashes,
+// and returns its pages (in raw, or in stored for a raw chunk). No page of
+// a chunk is returned unless all of it checked out.
+func (rd *Reader) readChunk(i int, stored, raw []byte) ([]byte, error) {
+	c := &rd.ix.chunks[i]
+	b := stored[:chunkHeaderSize+int(c.Stored)]
+	if err := readFull(rd.r, b, c.Offset); err != nil {
+		if err == errShort {
+			return nil, chunkErr(i, c.Offset, "truncated")
+		}
+		return nil, fmt.Errorf("image: reading chunk %d at offset %#x: %w", i, c.Offset, err)
+	}
+	if msg := checkChunkHeader(b, i, c); msg != "" {
+		return nil, chunkErr(i, c.Offset, "%s", msg)
+	}
+	payload := b[chunkHeaderSize:]
+	if xxhash.Sum64(payload) != c.StoredHash {
+		return nil, chunkErr(i, c.Offset, "checksum mismatch")
+	}
+	pages, err := decode(c.Codec, payload, raw[:0:int(c.Pages)*PageSize], rd.zstdDecoder)
+	if err != nil {
+		return nil, chunkErr(i, c.Offset, "%v", err)
+	}
+	if xxhash.Sum64(pages) != c.RawHash {
+		return nil, chunkErr(i, c.Offset, "checksum of the decoded pages mismatch (%v)", c.Codec)
+	}
+	return pages, nil
+}
+
+// ReadPage returns a copy of the page at page frame pfn. A page the image
+// does not hold gives ErrNoPage.
+func (rd *Reader) ReadPage(pfn uint64) ([]byte, error) {
+	runs := rd.ix.runs
+	i := sort.Search(len(runs), func(k int) bool { return runs[k].End() > pfn })
+	if i == len(runs) || runs[i].Start > pfn {
+		return nil, fmt.Errorf("%w: pfn %#x", ErrNoPage, pfn)
+	}
+	page := make([]byte, PageSize)
+	if runs[i].Kind == KindZero {
+		return page, nil
+	}
+	ord := rd.ix.runOrd[i] + (pfn - runs[i].Start)
+	co := rd.ix.chunkOrd
+	ci := sort.Search(len(co), func(k int) bool { return co[k]+uint64(rd.ix.chunks[k].Pages) > ord })
+	if ci == len(co) {
+		// parseIndex checked that chunks and runs hold the same pages.
+		return nil, formatErr(rd.sb.IndexOff, "no chunk holds data page %d", ord)
+	}
+	rd.mu.Lock()
+	defer rd.mu.Unlock()
+	e, err := rd.cached(ci)
+	if err != nil {
+		return nil, err
+	}
+	off := (ord - co[ci]) * PageSize
+	copy(page, e.pages[off:off+PageSize])
+	return page, nil
+}
+
+// cached returns chunk ci decoded, from the cache or read into its least
+// recently used slot. rd.mu is held.
+func (rd *Reader) cached(ci int) (*cached, error) {
+	rd.tick++
+	if rd.cache == nil {
+		rd.cache = make([]cached, readPageCache)
+		for k := range rd.cache {
+			rd.cache[k].chunk = -1
+		}
+	}
+	victim := &rd.cache[0]
+	for k := range rd.cache {
+		e := &rd.cache[k]
+		if e.chunk == ci {
+			e.used = rd.tick
+			return e, nil
+		}
+		if e.used < victim.used {
+			victim = e
+		}
+	}
+	if victim.stored == nil {
+		victim.stored, victim.raw = rd.chunkBufs()
+	}
+	victim.chunk = -1
+	pages, err := rd.readChunk(ci, victim.stored, victim.raw)
+	if err != nil {
+		return nil, err
+	}
+	victim.chunk, victim.used, victim.pages = ci, rd.tick, pages
+	return victim, nil
+}
+
+// Verify reads every chunk, checks its header, its stored and decoded
+// hashes, and the hash of the whole data area. It names the first bad
+// chunk. progress, if not nil, is called after each chunk with the number
+// of chunks done and the total.
+func (rd *Reader) Verify(progress func(done, total int)) error {
+	h := xxhash.New()
+	s := rd.stream()
+	defer s.stop()
+	total := len(rd.ix.chunks)
+	for k := 0; k < total; k++ {
+		j, err := s.next()
+		if err != nil {
+			return err
+		}
+		h.Write(j.stored[:chunkHeaderSize+int(rd.ix.chunks[k].Stored)])
+		if progress != nil {
+			progress(k+1, total)
+		}
+	}
+	end := rd.sb.DataOff + rd.sb.DataLen
+	pad := make([]byte, alignUp(end)-end)
+	if err := readFull(rd.r, pad, end); err != nil {
+		if err == errShort {
+			return formatErr(end, "truncated data area")
+		}
+		return fmt.Errorf("image: reading data area at offset %#x: %w", end, err)
+	}
+	h.Write(pad)
+	if h.Sum64() != rd.sb.DataHash {
+		return formatErr(rd.sb.DataOff, "data area checksum mismatch")
+	}
+	return nil
+}
+
+// zeroPages backs the zero runs Restore hands out. It is never written, so
+// it costs no memory until read, and then only the kernel's zero page.
+var zeroPages [256 * PageSize]byte
+
+// Restore calls fn for every page of the image in increasing physical
+// order, in pieces of physically consecutive pages: pages holds them, and
+// zero says they are all zero (pages is then all zeros, so fn may either
+// copy it or clear its destination). pages is only valid during the call
+// and must not be modified. Each chunk is checked before any of its pages
+// reach fn. If Restore fails part-way, fn has seen some pages and not
+// others: a caller restoring into memory must not resume A then. Call
+// Verify first to find a bad image before writing anything.
+func (rd *Reader) Restore(fn func(pfn uint64, pages []byte, zero bool) error) error {
+	s := rd.stream()
+	defer s.stop()
+	var cur []byte // pages of the current chunk not yet handed out
+	for _, run := range rd.ix.runs {
+		pfn, left := run.Start, uint64(run.Count)
+		for left > 0 {
+			if run.Kind == KindZero {
+				n := min(left, uint64(len(zeroPages)/PageSize))
+				if err := fn(pfn, zeroPages[:n*PageSize], true); err != nil {
+					return err
+				}
+				pfn, left = pfn+n, left-n
+				continue
+			}
+			if len(cur) == 0 {
+				j, err := s.next()
+				if err != nil {
+					return err
+				}
+				cur = j.pages
+			}
+			n := min(left, uint64(len(cur)/PageSize))
+			if err := fn(pfn, cur[:n*PageSize], false); err != nil {
+				return err
+			}
+			cur = cur[n*PageSize:]
+			pfn, left = pfn+n, left-n
+		}
+	}
+	return nil
+}
+
+// chunkStream reads and checks chunks in order, Workers of them ahead of
+// the caller.
+type chunkStream struct {
+	rd    *Reader
+	free  chan *rjob
+	order chan *rjob
+	quit  chan struct{}
+	wg    sync.WaitGroup
+	prev  *rjob
+	n     int // chunks handed out
+}
+
+type rjob struct {
+	i           int
+	stored, raw []byte
+	pages       []byte
+	err         error
+	done        chan struct{}
+}
+
+func (rd *Reader) stream() *chunkStream {
+	workers := min(max(rd.Workers, 1), 64)
+	njobs := workers + 2
+	s := &chunkStream{
+		rd:    rd,
+		free:  make(chan *rjob, njobs),
+		order: make(chan *rjob, njobs),
+		quit:  make(chan struct{}),
+	}
+	if len(rd.ix.chunks) == 0 {
+		close(s.order)
+		return s
+	}
+	for range njobs {
+		j := &rjob{done: make(chan struct{}, 1)}
+		j.stored, j.raw = rd.chunkBufs()
+		s.free <- j
+	}
+	work := make(chan *rjob, njobs)
+	s.wg.Add(1 + workers)
+	go func() {
+		defer s.wg.Done()
+		defer close(work)
+		defer close(s.order)
+		for i := range rd.ix.chunks {
+			var j *rjob
+			select {
+			case j = <-s.free:
+			case <-s.quit:
+				return
+			}
+			j.i = i
+			// Neither send blocks: each channel holds every job.
+			s.order <- j
+			work <- j
+		}
+	}()
+	for range workers {
+		go func() {
+			defer s.wg.Done()
+			for j := range work {
+				select {
+				case <-s.quit:
+					j.pages, j.err = nil, errStopped
+				default:
+					j.pages, j.err = rd.readChunk(j.i, j.stored, j.raw)
+				}
+				j.done <- struct{}{}
+			}
+		}()
+	}
+	return s
+}
+
+var errStopped = fmt.Errorf("image: stopped")
+
+// next returns the next chunk, checked; the one before goes back to the pool.
+func (s *chunkStream) next() (*rjob, error) {
+	if s.prev != nil {
+		s.free <- s.prev
+		s.prev = nil
+	}
+	j, ok := <-s.order
+	if !ok {
+		return nil, formatErr(s.rd.sb.IndexOff, "index runs need more than the %d chunks there are", s.n)
+	}
+	<-j.done
+	if j.err != nil {
+		s.free <- j
+		return nil, j.err
+	}
+	s.n++
+	s.prev = j
+	return j, nil
+}
+
+// stop ends the goroutines and waits for them.
+func (s *chunkStream) stop() {
+	close(s.quit)
+	for j := range s.order {
+		<-j.done
+	}
+	s.wg.Wait()
+}
