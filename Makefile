@@ -12,7 +12,8 @@ VM       = $(BIN)/khib-vm
 STATIC  := CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w"
 
 # Each entry is scenario[:flags], flags joined with commas.
-VM_TESTS := check-refusals roundtrip:--smp,1 roundtrip:--smp,2
+VM_TESTS := check-refusals roundtrip:--smp,1 roundtrip:--smp,2 hibernate hibernate-too-small \
+            cycle cycle:--smp,2 cycles resume-corrupt resume-foreign
 
 .PHONY: all deps kernel bins demo test test-unit test-vm lint fuzz clean
 
@@ -52,7 +53,7 @@ test: deps test-unit test-vm
 	@echo "make test: all tests passed"
 
 demo: kernel bins
-	@$(VM) run --scenario roundtrip --kernel $(KERNEL) --bindir $(BIN) --demo
+	@$(VM) run --scenario cycle --kernel $(KERNEL) --bindir $(BIN) --demo
 
 clean:
 	rm -rf $(BIN)

@@ -100,6 +100,9 @@ func runFlags(o *runOpts, out io.Writer) *flag.FlagSet {
 	fs.BoolVar(&o.opts.Keep, "keep", false, "keep the work directory after a successful run")
 	fs.BoolVar(&o.opts.Verbose, "v", false, "echo guest consoles to stderr as they arrive")
 	fs.BoolVar(&o.opts.Demo, "demo", false, "narrate the run for a human audience (scenarios that support it)")
+	fs.StringVar(&o.opts.Overlay, "overlay", "", "cycle: add this directory's files to A's root filesystem (same paths)")
+	fs.StringVar(&o.opts.Before, "before", "", "cycle: shell command run in A before hibernating (may start servers)")
+	fs.StringVar(&o.opts.After, "after", "", "cycle: shell command run in A after it resumed; ok needs both to exit 0")
 	return fs
 }
 

@@ -34,6 +34,11 @@ const usage = `Usage:
   khib-workload pfns [--count N] [--dir DIR]
       print N pseudo-randomly chosen workload pages as index:pfn,... so that
       the host can find them in a hibernation image
+  khib-workload append-start --file F [--dir DIR]
+      start appending numbered lines to F in the background (every 20 ms)
+  khib-workload append-check --file F
+      check that F holds lines 1..N in order and nothing else; print N
+  khib-workload append-stop [--dir DIR]
   khib-workload stop [--dir DIR]
   khib-workload runas UID COMMAND [ARG...]
       run COMMAND with the given user and group id (for tests as non-root)
@@ -68,6 +73,7 @@ func main() {
 	mixed := fs.Bool("mixed", false, "mix random, text-like, zero and sparse pages (default: all random)")
 	dir := fs.String("dir", "/run/khib-workload", "state directory")
 	count := fs.Int("count", 1000, "pfns: how many pages")
+	file := fs.String("file", "", "append-*: the file appended to")
 	fs.Usage = func() { fmt.Fprint(os.Stderr, usage); fs.PrintDefaults() }
 	if os.Args[1] == "runas" {
 		os.Exit(runas(os.Args[2:]))
@@ -85,6 +91,17 @@ func main() {
 		err = stop(*dir)
 	case "pfns":
 		err = pfns(*dir, *count)
+	case "append-start":
+		err = appendStart(*dir, *file)
+	case "appender":
+		err = appender(*file)
+	case "append-check":
+		var n int
+		if n, err = appendCheck(*file); err == nil {
+			fmt.Printf("appender: %s holds lines 1..%d in order\n", *file, n)
+		}
+	case "append-stop":
+		err = appendStop(*dir)
 	default:
 		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)

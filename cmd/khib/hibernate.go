@@ -106,6 +106,10 @@ func hibernate(res *hibernateResult, dev, codec string, ret bool, kernel string)
 	if cfg, src, err := kconfig.Load(); err == nil && !cfg.Enabled("CONFIG_KEXEC_JUMP") {
 		return fmt.Errorf("the running kernel has no CONFIG_KEXEC_JUMP (%s)", src)
 	}
+	fwRAM, err := helper.FirmwareRAM()
+	if err != nil {
+		return err
+	}
 	nonce, err := image.NewNonce()
 	if err != nil {
 		return err
@@ -141,7 +145,7 @@ func hibernate(res *hibernateResult, dev, codec string, ret bool, kernel string)
 			}
 		}
 		fmt.Fprintf(os.Stderr, "khib: hibernating to %s (%d MiB) with the %s helper\n", dev, info.Size>>20, res.Mode)
-		resp, away, err := helper.Jump(st, mailbox.Request{Cmd: mailbox.CmdSave, Nonce: nonce.String(), Codec: codec, Return: ret})
+		resp, away, err := helper.Jump(st, mailbox.Request{Cmd: mailbox.CmdSave, Nonce: nonce.String(), Codec: codec, Return: ret, FirmwareRAM: fwRAM})
 		if errors.Is(err, helper.ErrMailboxMoved) && attempt == 0 {
 			helper.Unload()
 			continue
@@ -154,6 +158,32 @@ func hibernate(res *hibernateResult, dev, codec string, ret bool, kernel string)
 		if !resp.OK {
 			return fmt.Errorf("the helper could not save; this system keeps running: %s", resp.Error)
 		}
+		if resp.Figures["from_image"] == true {
+			// Resumed from disk. The loaded kexec image now holds garbage:
+			// its pages came from the image, and R held the restore
+			// helper. Unload it before anything can jump into it.
+			res.Mode += ", resumed from disk"
+			if err := helper.Unload(); err != nil {
+				fmt.Fprintf(os.Stderr, "khib: warning: unloading the stale helper: %v\n", err)
+			}
+			invalidate(dev, nonce)
+		}
 		return nil
+	}
+}
+
+// invalidate marks the image on dev as used, if it is still the one this
+// hibernation wrote. Stage 1 has done so already before restoring; this
+// covers a resume path that did not.
+func invalidate(dev string, nonce image.Nonce) {
+	f, err := os.OpenFile(dev, os.O_RDWR, 0)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	if sb, err := image.ReadSuperblock(f); err == nil && sb.Nonce == nonce && sb.State == image.StateComplete {
+		if err := image.SetState(f, image.StateInvalidated); err == nil {
+			f.Sync()
+		}
 	}
 }

@@ -21,7 +21,12 @@ func runInit() {
 	switch role := params["khib.role"]; role {
 	case "helper":
 		runHelper(params)
+	case "restore":
+		runRestore(params)
 	case "":
+		if dev := params["khib.resume"]; dev != "" {
+			resumeStage1(dev)
+		}
 		next := params["khib.init"]
 		if next == "" {
 			next = "/sbin/init"

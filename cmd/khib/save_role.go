@@ -119,7 +119,8 @@ func describeA(h *helperEnv, core *elfcore.File, req mailbox.Request) (image.Met
 	if err != nil {
 		return image.Meta{}, err
 	}
-	m := image.Meta{KernelRelease: release, BuildID: buildID, JumpBack: h.jumpBack, Created: req.Time}
+	m := image.Meta{KernelRelease: release, BuildID: buildID, JumpBack: h.jumpBack, Created: req.Time,
+		Host: map[string]string{"firmware_ram": req.FirmwareRAM}}
 	for _, l := range sortedLoads(core) {
 		m.RAM = append(m.RAM, image.Range{Start: l.PhysAddr, End: l.End()})
 	}
@@ -156,7 +157,7 @@ func streamCore(core *elfcore.File, w *image.Writer, total uint64) error {
 		return err
 	}
 	defer f.Close()
-	p := newProgress("saving", total)
+	p := newProgress("khib-helper", "saving", total)
 	for _, l := range sortedLoads(core) {
 		if l.PhysAddr%image.PageSize != 0 || l.Size%image.PageSize != 0 || l.Offset%image.PageSize != 0 {
 			return fmt.Errorf("A's memory range %v is not page aligned", l)
@@ -180,37 +181,4 @@ func streamCore(core *elfcore.File, w *image.Writer, total uint64) error {
 	}
 	p.print()
 	return nil
-}
-
-// progress prints percent done, MB/s and ETA on the console, at most once
-// a second.
-type progress struct {
-	what        string
-	total, n    uint64
-	start, last time.Time
-}
-
-func newProgress(what string, total uint64) *progress {
-	now := time.Now()
-	return &progress{what: what, total: total, start: now, last: now}
-}
-
-func (p *progress) add(n uint64) {
-	p.n += n
-	if time.Since(p.last) < time.Second {
-		return
-	}
-	p.last = time.Now()
-	p.print()
-}
-
-func (p *progress) print() {
-	el := time.Since(p.start).Seconds()
-	rate := float64(p.n) / 1e6 / el
-	pct := 100 * float64(p.n) / float64(max(p.total, 1))
-	eta := 0.0
-	if rate > 0 {
-		eta = float64(p.total-p.n) / 1e6 / rate
-	}
-	console("khib-helper: %s %3.0f%%  %d/%d MiB  %.0f MB/s  ETA %.0f s", p.what, pct, p.n>>20, p.total>>20, rate, eta)
 }

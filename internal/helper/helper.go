@@ -192,9 +192,32 @@ func CoreHeaders(r, backup kexec.Range) ([]byte, error) {
 	return elfcore.Build(elfcore.Headers{RAM: loads, VmcoreinfoAddr: addr, VmcoreinfoSize: size})
 }
 
+// FirmwareRAM summarises the RAM entries of the firmware memory map, as
+// recorded in an image and compared at resume.
+func FirmwareRAM() (string, error) {
+	fw, err := Firmware()
+	if err != nil {
+		return "", err
+	}
+	var parts []string
+	for _, e := range fw {
+		if e.Type == kexec.E820RAM {
+			parts = append(parts, kexec.Range{Start: e.Addr, End: e.Addr + e.Size}.String())
+		}
+	}
+	return strings.Join(parts, ","), nil
+}
+
 // helperCmdline carries over the console settings of A's command line, so
 // that the helper prints where A prints.
 func helperCmdline(extra string) string {
+	return HelperCmdline("helper", extra)
+}
+
+// HelperCmdline is the command line of a helper kernel with the given
+// khib role: the console settings of the running kernel, nokaslr, the
+// role and extra.
+func HelperCmdline(role, extra string) string {
 	b, _ := os.ReadFile("/proc/cmdline")
 	var keep []string
 	for _, w := range strings.Fields(string(b)) {
@@ -206,7 +229,7 @@ func helperCmdline(extra string) string {
 	}
 	// nokaslr: with KASLR the decompressor may pick a spot outside the
 	// region the loader chose for it.
-	keep = append(keep, "nokaslr", "khib.role=helper")
+	keep = append(keep, "nokaslr", "khib.role="+role)
 	if extra != "" {
 		keep = append(keep, extra)
 	}

@@ -412,11 +412,19 @@ func TestReservationAndStates(t *testing.T) {
 	if _, err := Open(dev, dev.size); !errors.Is(err, ErrInvalidated) {
 		t.Errorf("Open after invalidation = %v", err)
 	}
+	if rd, err := OpenInvalidated(dev, dev.size); err != nil {
+		t.Errorf("OpenInvalidated: %v", err)
+	} else if err := rd.Verify(nil); err != nil {
+		t.Errorf("Verify of an invalidated image: %v", err)
+	}
 	if err := SetState(dev, StateFailed); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := Open(dev, dev.size); !errors.Is(err, ErrIncomplete) {
 		t.Errorf("Open of a failed save = %v", err)
+	}
+	if _, err := OpenInvalidated(dev, dev.size); !errors.Is(err, ErrIncomplete) {
+		t.Errorf("OpenInvalidated of a failed save = %v", err)
 	}
 	if sb, err := ReadSuperblock(dev); err != nil || sb.UUID != w.UUID() || sb.State != StateFailed {
 		t.Errorf("superblock %+v, %v", sb, err)

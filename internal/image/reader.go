@@ -51,6 +51,18 @@ const readPageCache = 4
 // Invalidated ErrInvalidated. Nothing is allocated on the say-so of the
 // image beyond what its size and the format's limits allow.
 func Open(r io.ReaderAt, size int64) (*Reader, error) {
+	return open(r, size, false)
+}
+
+// OpenInvalidated opens an image like Open, but also one in state
+// Invalidated. The restore helper uses it: stage 1 marks the image used
+// before handing over, so that a restore that fails part-way can never be
+// tried again.
+func OpenInvalidated(r io.ReaderAt, size int64) (*Reader, error) {
+	return open(r, size, true)
+}
+
+func open(r io.ReaderAt, size int64, invalidatedOK bool) (*Reader, error) {
 	if size < 0 {
 		size = 0
 	}
@@ -65,7 +77,9 @@ func Open(r io.ReaderAt, size int64) (*Reader, error) {
 	case StateFailed:
 		return nil, fmt.Errorf("%w: state %v (the save gave up)", ErrIncomplete, sb.State)
 	case StateInvalidated:
-		return nil, fmt.Errorf("%w: state %v (already resumed from)", ErrInvalidated, sb.State)
+		if !invalidatedOK {
+			return nil, fmt.Errorf("%w: state %v (already resumed from)", ErrInvalidated, sb.State)
+		}
 	}
 	if err := checkLayout(sb, uint64(size)); err != nil {
 		return nil, err

@@ -56,6 +56,9 @@ type Request struct {
 	Time    time.Time `json:"time"`             // A's clock at the jump
 	Region  string    `json:"region,omitempty"`
 	Bench   string    `json:"bench,omitempty"` // bench-save: the nonce of the scratch device
+	// FirmwareRAM is A's firmware memory map (RAM entries), recorded in
+	// the image so that a resume can tell a machine with another map.
+	FirmwareRAM string `json:"firmware_ram,omitempty"`
 }
 
 // Response is the helper's answer. A reads it when the jump returns; after

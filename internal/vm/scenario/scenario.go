@@ -101,6 +101,11 @@ type Options struct {
 	Keep        bool // keep the work directory after a successful run
 	Verbose     bool // echo guest consoles to the log as they arrive
 	Demo        bool // scenarios may narrate for a human audience
+	// Overlay, Before and After let a user try khib on their own
+	// software (scenario cycle): files added to A's root, a command run
+	// before hibernating, a command run after resuming.
+	Overlay       string
+	Before, After string
 }
 
 // Env is what a running scenario works with.

@@ -1,0 +1,156 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/khib/khib/internal/elfcore"
+	"github.com/khib/khib/internal/helper"
+	"github.com/khib/khib/internal/image"
+	"github.com/khib/khib/internal/kexec"
+)
+
+// resumeStage1 runs at boot, as init, when the kernel command line names
+// a resume device (khib.resume=DEV). It checks the image there and, if
+// everything holds, kexecs the restore helper C, which never returns here.
+// Otherwise it says why in one paragraph and returns, and the boot goes on
+// as normal without a single page of the image written.
+func resumeStage1(dev string) {
+	t0 := time.Now()
+	rd, f, err := openResumeImage(dev)
+	if err != nil {
+		if errors.Is(err, image.ErrNotImage) || errors.Is(err, image.ErrIncomplete) {
+			console("khib: no hibernation image on %s (%v); booting normally.", dev, err)
+		} else if errors.Is(err, image.ErrInvalidated) {
+			console("khib: the hibernation image on %s was already resumed from, and a system is never resumed twice; booting normally.", dev)
+		} else {
+			refuse(dev, err)
+		}
+		return
+	}
+	defer f.Close()
+	meta := rd.Meta()
+	if err := checkResumable(rd); err != nil {
+		refuse(dev, err)
+		return
+	}
+	console("khib: found a hibernation image on %s: %s, made %s, %d MiB; verifying every chunk",
+		dev, meta.KernelRelease, meta.Created.Format(time.RFC3339), rd.Stats().ImageBytes>>20)
+	p := newProgress("khib", "verifying", uint64(rd.Stats().Chunks))
+	p.items = "chunks"
+	if err := rd.Verify(func(done, total int) { p.set(uint64(done)) }); err != nil {
+		refuse(dev, err)
+		return
+	}
+	console("khib: image intact (%.1f s); loading the restore helper into %s", time.Since(t0).Seconds(), meta.Region)
+	plan, err := helper.LoadRestore(helper.DefaultKernel(), kexec.Range{Start: meta.Region.Start, End: meta.Region.End}, meta.UUID.String())
+	if err != nil {
+		refuse(dev, fmt.Errorf("loading the restore helper: %w", err))
+		return
+	}
+	// From here the image is spent: if the restore fails part-way, A's
+	// memory is half written and the same image must never be tried again.
+	if err := image.SetState(f, image.StateInvalidated); err != nil {
+		kexec.Unload()
+		refuse(dev, fmt.Errorf("marking the image as used: %w", err))
+		return
+	}
+	if err := f.Sync(); err != nil {
+		kexec.Unload()
+		refuse(dev, fmt.Errorf("marking the image as used: %w", err))
+		return
+	}
+	console("khib: restoring A through the restore helper (%d segments); stage 1 took %.1f s", len(plan.Segments), time.Since(t0).Seconds())
+	unix.Sync()
+	if err := kexec.Jump(); err != nil {
+		console("khib: kexec into the restore helper failed: %v; booting normally (the image is marked used)", err)
+	}
+}
+
+func refuse(dev string, err error) {
+	console("khib: NOT resuming from the hibernation image on %s:\n  %v\n"+
+		"  Nothing of the image was restored; booting normally. The image stays on %s for inspection\n"+
+		"  (khib image inspect %s); it is overwritten by the next hibernation.", dev, err, dev, dev)
+}
+
+// openResumeImage opens the image on dev read-write, waiting a few seconds
+// for the device to appear.
+func openResumeImage(dev string) (*image.Reader, *os.File, error) {
+	var f *os.File
+	var err error
+	for i := 0; i < 50; i++ {
+		if f, err = os.OpenFile(dev, os.O_RDWR, 0); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", image.ErrNotImage, err)
+	}
+	size, err := fileSize(f)
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	rd, err := image.Open(f, size)
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return rd, f, nil
+}
+
+// checkResumable refuses an image that this machine and kernel cannot
+// resume: another kernel build, another memory map, or an R that is not
+// free RAM here.
+func checkResumable(rd *image.Reader) error {
+	meta := rd.Meta()
+	buildID, err := elfcore.ReadKernelBuildID("/sys/kernel/notes")
+	if err != nil {
+		return fmt.Errorf("cannot read this kernel's build-id: %w", err)
+	}
+	if err := meta.CheckKernel(release(), buildID); err != nil {
+		return fmt.Errorf("the image was made by a different kernel: %w", err)
+	}
+	fw, err := helper.FirmwareRAM()
+	if err != nil {
+		return err
+	}
+	if want := meta.Host["firmware_ram"]; want == "" || want != fw {
+		return fmt.Errorf("the memory map differs: the image was made with RAM %s, this machine has %s", orNone(want), fw)
+	}
+	// R must be RAM here, and hold no page of the image: C runs there.
+	fwRAM, err := helper.Firmware()
+	if err != nil {
+		return err
+	}
+	inRAM := false
+	for _, e := range fwRAM {
+		if e.Type == kexec.E820RAM && e.Addr <= meta.Region.Start && meta.Region.End <= e.Addr+e.Size {
+			inRAM = true
+		}
+	}
+	if !inRAM || meta.Region.End <= meta.Region.Start {
+		return fmt.Errorf("the image's helper region %s is not free RAM on this machine", meta.Region)
+	}
+	for _, r := range rd.Runs() {
+		if r.Start*image.PageSize < meta.Region.End && meta.Region.Start < r.End()*image.PageSize {
+			return fmt.Errorf("the image holds pages inside its helper region %s", meta.Region)
+		}
+	}
+	if meta.JumpBack == 0 {
+		return errors.New("the image has no jump-back entry")
+	}
+	return nil
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(not recorded)"
+	}
+	return s
+}

@@ -1,0 +1,473 @@
+package scenarios
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+
+	"github.com/khib/khib/internal/image"
+	"github.com/khib/khib/internal/vm"
+	"github.com/khib/khib/internal/vm/scenario"
+)
+
+func init() {
+	scenario.Register(scenario.Scenario{
+		Name: "cycle",
+		Description: "hibernate, power off, resume in a new QEMU process on the same disks: the workload's memory and counter, " +
+			"and a file appended to on ext4, carry on; the next boot is normal. --overlay/--before/--after run your own software",
+		Timeout: 20 * time.Minute,
+		Run:     func(ctx context.Context, env *scenario.Env) (scenario.Result, error) { return runCycles(ctx, env, 1, nil) },
+	})
+	scenario.Register(scenario.Scenario{
+		Name:        "cycles",
+		Description: "3 hibernate/resume cycles in a row, each in a new QEMU process",
+		Timeout:     30 * time.Minute,
+		Run:         func(ctx context.Context, env *scenario.Env) (scenario.Result, error) { return runCycles(ctx, env, 3, nil) },
+	})
+	scenario.Register(scenario.Scenario{
+		Name:        "resume-corrupt",
+		Description: "one byte of page data in the image is flipped: stage 1 says so and the machine boots normally, no page restored",
+		Timeout:     20 * time.Minute,
+		Run: func(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
+			return runCycles(ctx, env, 1, &tamper{name: "corrupt", fn: corruptChunk, want: "checksum mismatch"})
+		},
+	})
+	scenario.Register(scenario.Scenario{
+		Name:        "resume-foreign",
+		Description: "the image claims another kernel build (build-id differs): it is refused and the machine boots normally",
+		Timeout:     20 * time.Minute,
+		Run: func(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
+			return runCycles(ctx, env, 1, &tamper{name: "foreign", fn: forgeBuildID, want: "different kernel"})
+		},
+	})
+}
+
+// tamper changes the image between hibernation and resume; the resume
+// must then be refused with a message containing want.
+type tamper struct {
+	name string
+	fn   func(disk string) (string, error)
+	want string
+}
+
+// cycleScript is A's init. On the first boot it starts the workload and
+// an appender on ext4 and hibernates @CYCLES@ times, checking everything
+// after each resume. Any later boot that runs this script is a normal
+// boot (the resume was refused, or the image was spent): it says so.
+const cycleScript = guestPrelude + `
+mkdir -p /data
+mount -t ext4 /dev/vdb /data || fail mount
+if [ -e /data/booted ]; then
+	echo "KHIBVM:normal_boot=1"
+	n=$(khib-workload append-check --file /data/log) && echo "khibvm-normal-boot $n"
+	umount /data
+	echo "KHIBVM:guest_done=ok"
+	poweroff -f
+fi
+touch /data/booted
+khib-workload start --mib @MIB@ --seed @SEED@ --mixed || fail workload
+khib-workload append-start --file /data/log || fail appender
+if [ -x /khibvm/before.sh ]; then
+	/khibvm/before.sh >/tmp/before.out 2>&1; echo "KHIBVM:before_rc=$?"; tail -n 5 /tmp/before.out | sed 's/^/khibvm-before: /'
+fi
+sleep 1
+for c in $(seq 1 @CYCLES@); do
+	# Verified just before, so that the check after resuming also shows
+	# the counter went on from where it was.
+	khib-workload verify || fail verify-before$c
+	echo "khibvm-hibernate-start $c"
+	khib hibernate --target /dev/vda >/tmp/h.out 2>/tmp/h.err
+	rc=$?
+	echo "khibvm-resumed $c"
+	echo "KHIBVM:hibernate${c}_rc=$rc"
+	sed 's/^/khibvm-out: /' /tmp/h.out; sed 's/^/khibvm-stderr hibernate: /' /tmp/h.err
+	[ $rc = 0 ] || fail hibernate$c
+	khib-workload verify || fail verify$c
+	echo "khibvm-workload-verified $c"
+	sleep 1
+	khib-workload append-check --file /data/log || fail append-check$c
+	echo "a" > /tmp/probe && cat /tmp/probe >/dev/null || fail tmpfs$c
+done
+# The file survives a clean unmount and can still be appended to.
+khib-workload append-stop || fail append-stop
+umount /data || fail umount
+mount -t ext4 /dev/vdb /data || fail remount
+khib-workload append-check --file /data/log || fail append-check-remount
+khib-workload append-start --file /data/log || fail append-restart
+sleep 1
+khib-workload append-stop || fail append-stop2
+khib-workload append-check --file /data/log || fail append-check-final
+umount /data
+if [ -x /khibvm/after.sh ]; then
+	/khibvm/after.sh >/tmp/after.out 2>&1; echo "KHIBVM:after_rc=$?"; tail -n 5 /tmp/after.out | sed 's/^/khibvm-after: /'
+fi
+echo "KHIBVM:guest_done=ok"
+poweroff -f
+`
+
+var (
+	hibStartRE   = regexp.MustCompile(`^khibvm-hibernate-start (\d+)`)
+	resumedRE    = regexp.MustCompile(`^khibvm-resumed (\d+)`)
+	verifiedRE   = regexp.MustCompile(`^khibvm-workload-verified (\d+)`)
+	normalBootRE = regexp.MustCompile(`KHIBVM:normal_boot=1`)
+	stage1RE     = regexp.MustCompile(`^khib: (NOT resuming|no hibernation image|the hibernation image .* already resumed)`)
+	restoreRE    = regexp.MustCompile(`^khib-restore: `)
+	backAfterRE  = regexp.MustCompile(`khibvm-out: khib: back after ([0-9.]+) s away`)
+	userLineRE   = regexp.MustCompile(`^khibvm-(before|after): (.*)$`)
+)
+
+func cycleRootfs(env *scenario.Env, cycles int) (string, error) {
+	script := strings.NewReplacer("@MIB@", fmt.Sprint(workloadMiB(env, 256)), "@SEED@", fmt.Sprint(workloadSeed),
+		"@CYCLES@", fmt.Sprint(cycles)).Replace(cycleScript)
+	rfs, err := khibGuest(env, script)
+	if err != nil {
+		return "", err
+	}
+	if env.Overlay != "" {
+		if err := addOverlay(rfs, env.Overlay); err != nil {
+			return "", err
+		}
+	}
+	for name, cmd := range map[string]string{"before": env.Before, "after": env.After} {
+		if cmd != "" {
+			rfs.AddFile("/khibvm/"+name+".sh", 0o755, []byte("#!/bin/sh\n"+cmd+"\n"))
+		}
+	}
+	return env.WriteRootfs("a.cpio", rfs)
+}
+
+// addOverlay adds every file under dir to the root filesystem at the same
+// path relative to dir.
+func addOverlay(rfs *vm.Rootfs, dir string) error {
+	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if rel == "." {
+			return nil
+		}
+		guest := "/" + filepath.ToSlash(rel)
+		switch {
+		case d.IsDir():
+			rfs.AddDir(guest, 0o755)
+		case d.Type()&fs.ModeSymlink != 0:
+			t, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			rfs.AddSymlink(guest, t)
+		default:
+			return rfs.AddHostFile(guest, p)
+		}
+		return nil
+	})
+}
+
+func newDataDisk(env *scenario.Env) (string, error) {
+	p, err := env.NewDisk("data.img", 64)
+	if err != nil {
+		return "", err
+	}
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", p).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("mkfs.ext4 (apt-get install e2fsprogs): %v\n%s", err, out)
+	}
+	return p, nil
+}
+
+// runCycles drives the boots of a hibernate/resume scenario: boot 1 starts
+// the workload and hibernates; each later boot resumes (or, with tamper,
+// must refuse to); a last boot must be normal.
+func runCycles(ctx context.Context, env *scenario.Env, cycles int, tp *tamper) (scenario.Result, error) {
+	res := scenario.Result{"workload_mib": workloadMiB(env, 256), "cycles": cycles}
+	initrd, err := cycleRootfs(env, cycles)
+	if err != nil {
+		return res, err
+	}
+	imgDisk, err := env.NewDisk("image.img", 1024)
+	if err != nil {
+		return res, err
+	}
+	dataDisk, err := newDataDisk(env)
+	if err != nil {
+		return res, err
+	}
+	cfg := env.Config()
+	cfg.Initrd = initrd
+	cfg.Append = khibAppend(RegionSize) + " khib.resume=/dev/vda"
+	cfg.Disks = []vm.Disk{{Path: imgDisk}, {Path: dataDisk}}
+	say := func(format string, a ...any) {
+		if env.Demo {
+			env.Logf(format, a...)
+		}
+	}
+
+	say("boot 1: A starts a %d MiB workload and appends to a file on ext4, then hibernates", workloadMiB(env, 256))
+	m, err := env.Start(ctx, "boot1", cfg)
+	if err != nil {
+		return res, err
+	}
+	if _, err := m.WaitFor(ctx, regexp.MustCompile(`^khib: no hibernation image on /dev/vda`), env.Remaining()); err != nil {
+		return res, fmt.Errorf("boot 1: stage 1 did not report an empty resume device: %w", err)
+	}
+	var hib, resume, away, sizes []float64
+	for c := 1; c <= cycles; c++ {
+		start, err := m.WaitFor(ctx, hibStartRE, env.Remaining())
+		if err != nil {
+			return res, err
+		}
+		exit, err := m.WaitPowerOff(env.Remaining())
+		if err != nil {
+			return res, fmt.Errorf("hibernation %d: %w", c, err)
+		}
+		if countLines(m, imageCompleted) != 1 {
+			return res, fmt.Errorf("hibernation %d: the helper did not report a complete image", c)
+		}
+		hib = append(hib, (exit.At - start.At).Seconds())
+		size, err := imageBytes(env, imgDisk)
+		if err != nil {
+			return res, fmt.Errorf("hibernation %d: %w", c, err)
+		}
+		sizes = append(sizes, float64(size)/(1<<20))
+		say("hibernation %d: %.1f s from command to power-off, image %.1f MiB", c, hib[c-1], sizes[c-1])
+
+		if tp != nil {
+			what, err := tp.fn(imgDisk)
+			if err != nil {
+				return res, fmt.Errorf("%s: %w", tp.name, err)
+			}
+			res["tampered"] = what
+			say("tampered with the image: %s", what)
+			return res, checkRefused(ctx, env, cfg, tp, res)
+		}
+
+		name := fmt.Sprintf("boot%d", c+1)
+		say("%s: a new QEMU process powers on and resumes", name)
+		m, err = env.Start(ctx, name, cfg)
+		if err != nil {
+			return res, err
+		}
+		v, err := m.WaitFor(ctx, verifiedRE, env.Remaining())
+		if err != nil {
+			return res, fmt.Errorf("resume %d: %w", c, err)
+		}
+		resume = append(resume, v.At.Seconds())
+		if countLines(m, restoreRE) == 0 {
+			return res, fmt.Errorf("resume %d: the workload verified but no restore helper ran", c)
+		}
+		for _, l := range m.Lines() {
+			if mm := backAfterRE.FindStringSubmatch(l.Text); mm != nil {
+				var f float64
+				fmt.Sscan(mm[1], &f)
+				away = append(away, f)
+			}
+		}
+		say("resume %d: %.1f s from power-on to the workload verified (memory, counter)", c, resume[c-1])
+	}
+	if _, err := m.WaitFor(ctx, guestDoneRE, env.Remaining()); err != nil {
+		return res, err
+	}
+	if _, err := m.WaitPowerOff(time.Minute); err != nil {
+		return res, err
+	}
+	fig := scenario.Figures(m)
+	if figureString(fig, "guest_done") != "ok" {
+		return res, fmt.Errorf("A failed at %q after resuming", figureString(fig, "failed_step"))
+	}
+	ok := userCommands(m, fig, res)
+
+	// One more boot: the image is spent, so it must be a normal one.
+	say("boot %d: the image was used, so this boot must be normal", cycles+2)
+	m, err = env.Start(ctx, fmt.Sprintf("boot%d", cycles+2), cfg)
+	if err != nil {
+		return res, err
+	}
+	if _, err := m.WaitFor(ctx, normalBootRE, env.Remaining()); err != nil {
+		return res, fmt.Errorf("the boot after the resume was not a normal one: %w", err)
+	}
+	if _, err := m.WaitPowerOff(env.Remaining()); err != nil {
+		return res, err
+	}
+	if countLines(m, restoreRE) != 0 || countLines(m, regexp.MustCompile(`already resumed from`)) != 1 {
+		return res, fmt.Errorf("the boot after the resume did not refuse the spent image")
+	}
+	res["hibernate_s"] = round3(median(hib))
+	res["resume_s"] = round3(median(resume))
+	res["away_s"] = round3(median(away))
+	res["image_mib"] = round3(median(sizes))
+	if cycles > 1 {
+		res["hibernate_all_s"], res["resume_all_s"] = rounded(hib), rounded(resume)
+	}
+	say("workload verified after every resume; the ext4 file is whole and still appendable; the next boot was normal")
+	if !ok {
+		return res, fmt.Errorf("a user command failed: before %v, after %v", res["before_rc"], res["after_rc"])
+	}
+	return res, nil
+}
+
+// userCommands puts the --before/--after exit statuses and last lines in
+// the result, and reports whether both succeeded.
+func userCommands(m *vm.Machine, fig, res scenario.Result) bool {
+	ok := true
+	lines := map[string][]string{}
+	for _, l := range m.Lines() {
+		if mm := userLineRE.FindStringSubmatch(l.Text); mm != nil {
+			lines[mm[1]] = append(lines[mm[1]], mm[2])
+		}
+	}
+	for _, k := range []string{"before", "after"} {
+		if v, have := fig[k+"_rc"]; have {
+			res[k+"_rc"] = v
+			res[k+"_tail"] = lines[k]
+			ok = ok && fmt.Sprint(v) == "0"
+		}
+	}
+	return ok
+}
+
+// checkRefused boots after tampering: stage 1 must refuse with a reason
+// containing tp.want, C must never start, and the boot must be normal.
+func checkRefused(ctx context.Context, env *scenario.Env, cfg vm.Config, tp *tamper, res scenario.Result) error {
+	m, err := env.Start(ctx, "boot2", cfg)
+	if err != nil {
+		return err
+	}
+	if _, err := m.WaitFor(ctx, guestDoneRE, env.Remaining()); err != nil {
+		return err
+	}
+	if _, err := m.WaitPowerOff(time.Minute); err != nil {
+		return err
+	}
+	var msg []string
+	in := false
+	for _, l := range m.Lines() {
+		if strings.HasPrefix(l.Text, "khib: NOT resuming") {
+			in = true
+		}
+		if in {
+			msg = append(msg, strings.TrimSpace(l.Text))
+			if len(msg) == 4 {
+				break
+			}
+		}
+	}
+	res["message"] = strings.Join(msg, " ")
+	if len(msg) == 0 || !strings.Contains(res["message"].(string), tp.want) {
+		return fmt.Errorf("stage 1 did not refuse with %q; it said %q", tp.want, res["message"])
+	}
+	if countLines(m, restoreRE) != 0 || countLines(m, resumedRE) != 0 {
+		return fmt.Errorf("the restore helper ran or A came back despite the %s image", tp.name)
+	}
+	if countLines(m, normalBootRE) != 1 {
+		return fmt.Errorf("the boot after the refusal was not normal")
+	}
+	return nil
+}
+
+func imageBytes(env *scenario.Env, disk string) (uint64, error) {
+	khib, err := env.Bin("khib")
+	if err != nil {
+		return 0, err
+	}
+	out, err := exec.Command(khib, "image", "inspect", "--json", disk).Output()
+	if err != nil {
+		return 0, fmt.Errorf("khib image inspect: %w", err)
+	}
+	var ins struct {
+		ImageBytes uint64 `json:"image_bytes"`
+	}
+	if err := json.Unmarshal(out, &ins); err != nil {
+		return 0, err
+	}
+	return ins.ImageBytes, nil
+}
+
+// corruptChunk flips one byte in the middle of a chunk's page data.
+func corruptChunk(disk string) (string, error) {
+	f, err := os.OpenFile(disk, os.O_RDWR, 0)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	st, _ := f.Stat()
+	rd, err := image.Open(f, st.Size())
+	if err != nil {
+		return "", err
+	}
+	chunks := rd.Chunks()
+	if len(chunks) == 0 {
+		return "", fmt.Errorf("image has no chunks")
+	}
+	k := len(chunks) / 2
+	c := chunks[k]
+	// The payload follows the 32-byte chunk header (docs/image-format.md);
+	// flip a byte in its middle.
+	off := int64(c.Offset) + 32 + int64(c.Stored)/2
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, off); err != nil {
+		return "", err
+	}
+	b[0] ^= 0x5a
+	if _, err := f.WriteAt(b, off); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("flipped byte at offset %#x in chunk %d", off, k), f.Sync()
+}
+
+// forgeBuildID makes the image look as if another build of the kernel had
+// written it: one hex digit of the build-id changes, and the metadata and
+// superblock checksums are recomputed so that only the build-id check can
+// catch it.
+func forgeBuildID(disk string) (string, error) {
+	f, err := os.OpenFile(disk, os.O_RDWR, 0)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	sb, err := image.ReadSuperblock(f)
+	if err != nil {
+		return "", err
+	}
+	region := make([]byte, (sb.MetaLen+image.PageSize-1)&^(image.PageSize-1))
+	if _, err := f.ReadAt(region, int64(sb.MetaOff)); err != nil {
+		return "", err
+	}
+	key := []byte(`"build_id":"`)
+	i := bytes.Index(region[:sb.MetaLen], key)
+	if i < 0 {
+		return "", fmt.Errorf("no build_id in the metadata")
+	}
+	j := i + len(key)
+	old := string(region[j : j+40])
+	if region[j] == 'f' {
+		region[j] = '0'
+	} else {
+		region[j] = 'f'
+	}
+	sb.MetaHash = xxhash.Sum64(region)
+	if _, err := f.WriteAt(region, int64(sb.MetaOff)); err != nil {
+		return "", err
+	}
+	if _, err := f.WriteAt(sb.Marshal(), 0); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("build-id %s -> %s", old, string(region[j:j+40])), f.Sync()
+}
+
+func rounded(v []float64) []float64 {
+	out := make([]float64, len(v))
+	for i, x := range v {
+		out[i] = round3(x)
+	}
+	return out
+}
