@@ -15,7 +15,7 @@ STATIC  := CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w"
 VM_TESTS := check-refusals roundtrip:--smp,1 roundtrip:--smp,2 hibernate hibernate-too-small \
             cycle cycle:--smp,2 cycles resume-corrupt resume-foreign
 
-.PHONY: all deps kernel bins demo test test-unit test-vm lint fuzz clean
+.PHONY: all deps kernel bins demo test test-unit test-vm lint fuzz bench bench-save clean
 
 all: bins
 
@@ -54,6 +54,12 @@ test: deps test-unit test-vm
 
 demo: kernel bins
 	@$(VM) run --scenario cycle --kernel $(KERNEL) --bindir $(BIN) --demo
+
+# Benchmarks, not tests: figures for people, printed on stderr and as JSON.
+bench-save: kernel bins
+	@$(VM) run --scenario bench-save --kernel $(KERNEL) --bindir $(BIN) --smp 2
+
+bench: bench-save
 
 clean:
 	rm -rf $(BIN)

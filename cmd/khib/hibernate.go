@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/khib/khib/internal/helper"
 	"github.com/khib/khib/internal/image"
@@ -47,6 +48,7 @@ func cmdHibernate(args []string) int {
 	codec := fs.String("codec", "s2", "compression: s2 (fast), zstd (smaller), none")
 	ret := fs.Bool("return", false, "after saving, jump back instead of powering off (snapshot and go on)")
 	asJSON := fs.Bool("json", false, "print one JSON object")
+	bench := fs.Bool("bench", false, "benchmark: save, then time a plain copy of /proc/vmcore and raw writes to DEV\n(overwriting the image), and jump back")
 	kernel := fs.String("kernel", helper.DefaultKernel(), "the helper kernel (bzImage), when no helper is armed")
 	fs.Usage = func() { fmt.Fprint(os.Stderr, hibernateHelp); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
@@ -64,7 +66,11 @@ func cmdHibernate(args []string) int {
 		return 2
 	}
 	res := hibernateResult{Target: *dev}
-	err := hibernate(&res, *dev, *codec, *ret, *kernel)
+	cmd := mailbox.CmdSave
+	if *bench {
+		cmd, *ret = mailbox.CmdBenchSave, true
+	}
+	err := hibernate(&res, *dev, *codec, *ret, *kernel, cmd)
 	if err != nil {
 		res.Error = err.Error()
 	}
@@ -76,7 +82,11 @@ func cmdHibernate(args []string) int {
 		return fail("hibernate: %v", err)
 	}
 	if !*asJSON {
-		fmt.Printf("khib: back after %.1f s away\n", res.AwayS)
+		if strings.Contains(res.Mode, "resumed from disk") {
+			fmt.Printf("khib: resumed; back after %.1f s away\n", res.AwayS)
+		} else {
+			fmt.Printf("khib: back after %.1f s away (image saved, this system went on)\n", res.AwayS)
+		}
 	}
 	return 0
 }
@@ -86,7 +96,7 @@ func cmdHibernate(args []string) int {
 // exact need while writing, and says so.
 const minTarget = 16 << 20
 
-func hibernate(res *hibernateResult, dev, codec string, ret bool, kernel string) error {
+func hibernate(res *hibernateResult, dev, codec string, ret bool, kernel, cmd string) error {
 	if os.Geteuid() != 0 {
 		return errors.New("must run as root")
 	}
@@ -145,7 +155,7 @@ func hibernate(res *hibernateResult, dev, codec string, ret bool, kernel string)
 			}
 		}
 		fmt.Fprintf(os.Stderr, "khib: hibernating to %s (%d MiB) with the %s helper\n", dev, info.Size>>20, res.Mode)
-		resp, away, err := helper.Jump(st, mailbox.Request{Cmd: mailbox.CmdSave, Nonce: nonce.String(), Codec: codec, Return: ret, FirmwareRAM: fwRAM})
+		resp, away, err := helper.Jump(st, mailbox.Request{Cmd: cmd, Nonce: nonce.String(), Codec: codec, Return: ret, FirmwareRAM: fwRAM})
 		if errors.Is(err, helper.ErrMailboxMoved) && attempt == 0 {
 			helper.Unload()
 			continue

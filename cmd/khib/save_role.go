@@ -84,7 +84,7 @@ func save(h *helperEnv, req mailbox.Request) mailbox.Response {
 	mb := float64(st.Pages*image.PageSize) / 1e6
 	console("khib-helper: image complete on %s: %d pages (%d zero), %.1f MiB stored, ratio %.3f, %.1f s, %.0f MB/s",
 		path, st.Pages, st.ZeroPages, float64(st.ImageBytes)/(1<<20), st.Ratio(), d.Seconds(), mb/d.Seconds())
-	return mailbox.Response{OK: true, Figures: map[string]any{
+	figs := map[string]any{
 		"power_off":    !req.Return,
 		"device":       path,
 		"pages":        st.Pages,
@@ -94,7 +94,14 @@ func save(h *helperEnv, req mailbox.Request) mailbox.Response {
 		"save_mb_s":    mb / d.Seconds(),
 		"uuid":         w.UUID().String(),
 		"stored_ratio": st.Ratio(),
-	}}
+	}
+	if req.Cmd == mailbox.CmdBenchSave {
+		figs["power_off"] = false
+		if err := benchBaselines(core, dev, figs); err != nil {
+			return fail("bench: %v", err)
+		}
+	}
+	return mailbox.Response{OK: true, Figures: figs}
 }
 
 func codecName(c string) string {

@@ -122,7 +122,7 @@ var (
 	normalBootRE = regexp.MustCompile(`KHIBVM:normal_boot=1`)
 	stage1RE     = regexp.MustCompile(`^khib: (NOT resuming|no hibernation image|the hibernation image .* already resumed)`)
 	restoreRE    = regexp.MustCompile(`^khib-restore: `)
-	backAfterRE  = regexp.MustCompile(`khibvm-out: khib: back after ([0-9.]+) s away`)
+	backAfterRE  = regexp.MustCompile(`khibvm-out: khib: .*back after ([0-9.]+) s away`)
 	userLineRE   = regexp.MustCompile(`^khibvm-(before|after): (.*)$`)
 )
 

@@ -1,0 +1,108 @@
+package scenarios
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/khib/khib/internal/vm"
+	"github.com/khib/khib/internal/vm/scenario"
+)
+
+func init() {
+	scenario.Register(scenario.Scenario{
+		Name: "bench-save",
+		Description: "benchmark, not a test: the helper's save throughput and image size for a ~400 MiB mixed workload, " +
+			"next to a plain copy of /proc/vmcore and raw direct writes to the same disk from the same helper",
+		Timeout: 20 * time.Minute,
+		Run:     runBenchSave,
+	})
+}
+
+const benchScript = guestPrelude + `
+khib-workload start --mib @MIB@ --seed @SEED@ --mixed || fail workload
+for codec in s2 zstd; do
+	khib hibernate --target /dev/vda --bench --codec $codec --json >/tmp/b.json 2>/tmp/b.err || { cat /tmp/b.err; fail bench-$codec; }
+	echo "khibvm-bench $codec $(cat /tmp/b.json)"
+done
+khib-workload verify || fail verify
+echo "KHIBVM:guest_done=ok"
+poweroff -f
+`
+
+func runBenchSave(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
+	mib := workloadMiB(env, 400)
+	script := strings.NewReplacer("@MIB@", fmt.Sprint(mib), "@SEED@", fmt.Sprint(workloadSeed)).Replace(benchScript)
+	rfs, err := khibGuest(env, script)
+	if err != nil {
+		return nil, err
+	}
+	initrd, err := env.WriteRootfs("a.cpio", rfs)
+	if err != nil {
+		return nil, err
+	}
+	disk, err := env.NewDisk("bench.img", 1536)
+	if err != nil {
+		return nil, err
+	}
+	cfg := env.Config()
+	cfg.Initrd = initrd
+	cfg.Append = khibAppend(RegionSize)
+	cfg.Disks = []vm.Disk{{Path: disk}}
+	m, err := env.Start(ctx, "a", cfg)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := m.WaitFor(ctx, guestDoneRE, env.Remaining()); err != nil {
+		return nil, err
+	}
+	if _, err := m.WaitPowerOff(time.Minute); err != nil {
+		return nil, err
+	}
+	res := scenario.Result{"workload_mib": mib, "smp": env.SMP}
+	if fs := figureString(scenario.Figures(m), "failed_step"); fs != "" {
+		return res, fmt.Errorf("the guest failed at %s", fs)
+	}
+	for _, l := range m.Lines() {
+		rest, ok := strings.CutPrefix(l.Text, "khibvm-bench ")
+		if !ok {
+			continue
+		}
+		codec, js, _ := strings.Cut(rest, " ")
+		var r struct {
+			OK      bool               `json:"ok"`
+			Figures map[string]float64 `json:"figures"`
+		}
+		// Figures hold strings too; decode loosely.
+		var loose struct {
+			Figures map[string]any `json:"figures"`
+		}
+		if err := json.Unmarshal([]byte(js), &loose); err != nil {
+			return res, fmt.Errorf("bench %s: %w", codec, err)
+		}
+		r.Figures = map[string]float64{}
+		for k, v := range loose.Figures {
+			if f, ok := v.(float64); ok {
+				r.Figures[k] = f
+			}
+		}
+		f := r.Figures
+		res[codec+"_save_mb_s"] = round3(f["save_mb_s"])
+		res[codec+"_image_mib"] = round3(f["image_bytes"] / (1 << 20))
+		res[codec+"_ram_mib"] = round3(f["pages"] * 4096 / (1 << 20))
+		res[codec+"_cp_vmcore_mb_s"] = round3(f["cp_vmcore_mb_s"])
+		res[codec+"_dd_mb_s"] = round3(f["dd_mb_s"])
+		if f["cp_vmcore_mb_s"] > 0 && f["dd_mb_s"] > 0 {
+			res[codec+"_save_vs_cp"] = round3(f["save_mb_s"] / f["cp_vmcore_mb_s"])
+			res[codec+"_save_vs_dd"] = round3(f["save_mb_s"] / f["dd_mb_s"])
+		}
+		env.Logf("bench %-4s: save %.0f MB/s of A's RAM (%.0f MiB -> %.1f MiB image); cp /proc/vmcore %.0f MB/s; raw writes %.0f MB/s",
+			codec, f["save_mb_s"], f["pages"]*4096/(1<<20), f["image_bytes"]/(1<<20), f["cp_vmcore_mb_s"], f["dd_mb_s"])
+	}
+	if _, ok := res["s2_save_mb_s"]; !ok {
+		return res, fmt.Errorf("no bench results on the console")
+	}
+	return res, nil
+}
