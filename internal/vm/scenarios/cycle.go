@@ -284,7 +284,7 @@ func runCycles(ctx context.Context, env *scenario.Env, cycles int, tp *tamper) (
 	if figureString(fig, "guest_done") != "ok" {
 		return res, fmt.Errorf("A failed at %q after resuming", figureString(fig, "failed_step"))
 	}
-	ok := userCommands(m, fig, res)
+	ok := userCommands(env.Machines(), res)
 
 	// One more boot: the image is spent, so it must be a normal one.
 	say("boot %d: the image was used, so this boot must be normal", cycles+2)
@@ -317,13 +317,17 @@ func runCycles(ctx context.Context, env *scenario.Env, cycles int, tp *tamper) (
 
 // userCommands puts the --before/--after exit statuses and last lines in
 // the result, and reports whether both succeeded.
-func userCommands(m *vm.Machine, fig, res scenario.Result) bool {
+func userCommands(machines []*vm.Machine, res scenario.Result) bool {
 	ok := true
 	lines := map[string][]string{}
-	for _, l := range m.Lines() {
-		if mm := userLineRE.FindStringSubmatch(l.Text); mm != nil {
-			lines[mm[1]] = append(lines[mm[1]], mm[2])
+	fig := scenario.Result{}
+	for _, m := range machines {
+		for _, l := range m.Lines() {
+			if mm := userLineRE.FindStringSubmatch(l.Text); mm != nil {
+				lines[mm[1]] = append(lines[mm[1]], mm[2])
+			}
 		}
+		fig.Merge(scenario.Figures(m))
 	}
 	for _, k := range []string{"before", "after"} {
 		if v, have := fig[k+"_rc"]; have {

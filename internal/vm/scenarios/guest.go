@@ -77,7 +77,7 @@ func kernelRelease(path string) (string, error) {
 // guestPrelude is shared by the guest scripts: a fail function that
 // reports the failing step and powers off, so a failure never hangs.
 const guestPrelude = `#!/bin/sh
-export PATH=/bin:/sbin
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 fail() { echo "KHIBVM:failed_step=$1"; echo "KHIBVM:guest_done=fail"; poweroff -f; sleep 30; }
 read up idle < /proc/uptime
 echo "KHIBVM:a_up_s=$up"
