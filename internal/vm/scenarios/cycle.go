@@ -234,6 +234,14 @@ func runCycles(ctx context.Context, env *scenario.Env, cycles int, tp *tamper) (
 			return res, fmt.Errorf("hibernation %d: the helper did not report a complete image", c)
 		}
 		hib = append(hib, (exit.At - start.At).Seconds())
+		if c == 1 {
+			if l := lastLine(m, `^workload: pid`); l != "" {
+				say("A: %s", l)
+			}
+		}
+		if l := lastLine(m, `^khib-helper: image complete on`); l != "" {
+			say("helper: %s", strings.TrimPrefix(l, "khib-helper: "))
+		}
 		size, err := imageBytes(env, imgDisk)
 		if err != nil {
 			return res, fmt.Errorf("hibernation %d: %w", c, err)
@@ -270,6 +278,11 @@ func runCycles(ctx context.Context, env *scenario.Env, cycles int, tp *tamper) (
 				var f float64
 				fmt.Sscan(mm[1], &f)
 				away = append(away, f)
+			}
+		}
+		for _, pat := range []string{`^khib: image intact`, `^khib-restore: A's memory restored`, `^khibvm-out: khib: resumed`, `^workload: verified`} {
+			if l := lastLine(m, pat); l != "" {
+				say("  %s", strings.TrimPrefix(l, "khibvm-out: "))
 			}
 		}
 		say("resume %d: %.1f s from power-on to the workload verified (memory, counter)", c, resume[c-1])
@@ -472,6 +485,18 @@ func rounded(v []float64) []float64 {
 	out := make([]float64, len(v))
 	for i, x := range v {
 		out[i] = round3(x)
+	}
+	return out
+}
+
+// lastLine returns the last console line matching pattern, or "".
+func lastLine(m *vm.Machine, pattern string) string {
+	re := regexp.MustCompile(pattern)
+	out := ""
+	for _, l := range m.Lines() {
+		if re.MatchString(l.Text) {
+			out = l.Text
+		}
 	}
 	return out
 }
