@@ -26,13 +26,17 @@ func init() {
 		Description: "hibernate, power off, resume in a new QEMU process on the same disks: the workload's memory and counter, " +
 			"and a file appended to on ext4, carry on; the next boot is normal. --overlay/--before/--after run your own software",
 		Timeout: 20 * time.Minute,
-		Run:     func(ctx context.Context, env *scenario.Env) (scenario.Result, error) { return runCycles(ctx, env, 1, nil) },
+		Run: func(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
+			return runCycles(ctx, env, 1, nil)
+		},
 	})
 	scenario.Register(scenario.Scenario{
 		Name:        "cycles",
 		Description: "3 hibernate/resume cycles in a row, each in a new QEMU process",
 		Timeout:     30 * time.Minute,
-		Run:         func(ctx context.Context, env *scenario.Env) (scenario.Result, error) { return runCycles(ctx, env, 3, nil) },
+		Run: func(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
+			return runCycles(ctx, env, 3, nil)
+		},
 	})
 	scenario.Register(scenario.Scenario{
 		Name:        "resume-corrupt",
