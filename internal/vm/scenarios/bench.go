@@ -7,7 +7,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/khib/khib/internal/vm"
 	"github.com/khib/khib/internal/vm/scenario"
 )
 
@@ -47,18 +46,8 @@ func runBenchSave(ctx context.Context, env *scenario.Env) (scenario.Result, erro
 	if err != nil {
 		return nil, err
 	}
-	cfg := env.Config()
-	cfg.Initrd = initrd
-	cfg.Append = khibAppend(RegionSize)
-	cfg.Disks = []vm.Disk{{Path: disk}}
-	m, err := env.Start(ctx, "a", cfg)
+	m, err := runGuest(ctx, env, "a", initrd, khibAppend(RegionSize), disk)
 	if err != nil {
-		return nil, err
-	}
-	if _, err := m.WaitFor(ctx, guestDoneRE, env.Remaining()); err != nil {
-		return nil, err
-	}
-	if _, err := m.WaitPowerOff(time.Minute); err != nil {
 		return nil, err
 	}
 	res := scenario.Result{"workload_mib": mib, "smp": env.SMP}

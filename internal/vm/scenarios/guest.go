@@ -2,12 +2,14 @@ package scenarios
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"regexp"
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/khib/khib/internal/kexec"
 	"github.com/khib/khib/internal/vm"
@@ -50,6 +52,29 @@ func khibGuest(env *scenario.Env, script string) (*vm.Rootfs, error) {
 	rfs.AddFile("/etc/passwd", 0o644, []byte("root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"))
 	rfs.AddFile("/scenario.sh", 0o755, []byte(script))
 	return rfs, nil
+}
+
+// runGuest boots A once from initrd with the given command line and
+// disks, and waits until its script reports it is done and the machine
+// has powered off.
+func runGuest(ctx context.Context, env *scenario.Env, name, initrd, appendLine string, disks ...string) (*vm.Machine, error) {
+	cfg := env.Config()
+	cfg.Initrd = initrd
+	cfg.Append = appendLine
+	for _, d := range disks {
+		cfg.Disks = append(cfg.Disks, vm.Disk{Path: d})
+	}
+	m, err := env.Start(ctx, name, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := m.WaitFor(ctx, guestDoneRE, env.Remaining()); err != nil {
+		return m, err
+	}
+	if _, err := m.WaitPowerOff(time.Minute); err != nil {
+		return m, err
+	}
+	return m, nil
 }
 
 // khibAppend is the command line of A: khib as init, handing over to the

@@ -259,18 +259,8 @@ func runTooSmall(ctx context.Context, env *scenario.Env) (scenario.Result, error
 	if err != nil {
 		return nil, err
 	}
-	cfg := env.Config()
-	cfg.Initrd = initrd
-	cfg.Append = khibAppend(RegionSize)
-	cfg.Disks = []vm.Disk{{Path: disk}}
-	m, err := env.Start(ctx, "a", cfg)
+	m, err := runGuest(ctx, env, "a", initrd, khibAppend(RegionSize), disk)
 	if err != nil {
-		return nil, err
-	}
-	if _, err := m.WaitFor(ctx, guestDoneRE, env.Remaining()); err != nil {
-		return nil, err
-	}
-	if _, err := m.WaitPowerOff(time.Minute); err != nil {
 		return nil, err
 	}
 	fig := scenario.Figures(m)

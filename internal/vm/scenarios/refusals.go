@@ -44,17 +44,9 @@ func runRefusals(ctx context.Context, env *scenario.Env) (scenario.Result, error
 	if err != nil {
 		return nil, err
 	}
-	cfg := env.Config()
-	cfg.Initrd = initrd
-	cfg.Append = khibAppend("") // no crashkernel=: no region R
-	m, err := env.Start(ctx, "a", cfg)
+	// No crashkernel=: no region R.
+	m, err := runGuest(ctx, env, "a", initrd, khibAppend(""))
 	if err != nil {
-		return nil, err
-	}
-	if _, err := m.WaitFor(ctx, guestDoneRE, env.Remaining()); err != nil {
-		return nil, err
-	}
-	if _, err := m.WaitPowerOff(time.Minute); err != nil {
 		return nil, err
 	}
 	fig := scenario.Figures(m)
