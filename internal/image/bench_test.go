@@ -3,6 +3,7 @@ package image
 import (
 	"bytes"
 	"fmt"
+	"sync"
 	"testing"
 )
 
@@ -14,18 +15,7 @@ func (nullDev) WriteAt(p []byte, off int64) (int, error) { return len(p), nil }
 
 // benchPages is 64 MiB of the page mix design/measurements.md used: a
 // quarter each random, text-like, zero and sparse structs.
-var benchPages = sync1(func() []byte { return mixedPages(16384, 99) })
-
-func sync1[T any](f func() T) func() T {
-	var v T
-	var done bool
-	return func() T {
-		if !done {
-			v, done = f(), true
-		}
-		return v
-	}
-}
+var benchPages = sync.OnceValue(func() []byte { return mixedPages(16384, 99) })
 
 // BenchmarkWrite reports MB/s of pages into the writer (SetBytes), the
 // stored ratio, and the share of zero pages.

@@ -2,11 +2,14 @@ package image
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"math/rand/v2"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/cespare/xxhash/v2"
 )
 
 func TestRoundTrip(t *testing.T) {
@@ -406,8 +409,15 @@ func TestReservationAndStates(t *testing.T) {
 			t.Errorf("SetState(%v) succeeded", s)
 		}
 	}
+	// A reserved byte, as a later minor revision might use: SetState
+	// must keep it.
+	dev.b[300] = 0xa5
+	binary.LittleEndian.PutUint64(dev.b[sbChecksumOff:], xxhash.Sum64(dev.b[:sbChecksumOff]))
 	if err := SetState(dev, StateInvalidated); err != nil {
 		t.Fatal(err)
+	}
+	if dev.b[300] != 0xa5 {
+		t.Error("SetState cleared a reserved byte")
 	}
 	if _, err := Open(dev, dev.size); !errors.Is(err, ErrInvalidated) {
 		t.Errorf("Open after invalidation = %v", err)

@@ -46,7 +46,7 @@ func (m *Meta) clone() Meta {
 // was saved by the kernel described by release and buildID. Build IDs are
 // compared when both sides have one: two builds of one release are not the
 // same kernel.
-func (m *Meta) CheckKernel(release, buildID string) error {
+func (m Meta) CheckKernel(release, buildID string) error {
 	if m.BuildID != "" && buildID != "" {
 		if m.BuildID != buildID {
 			return fmt.Errorf("%w: saved by %s build %s, this is %s build %s",

@@ -363,7 +363,10 @@ var zeroPages [256 * PageSize]byte
 // and must not be modified. Each chunk is checked before any of its pages
 // reach fn. If Restore fails part-way, fn has seen some pages and not
 // others: a caller restoring into memory must not resume A then. Call
-// Verify first to find a bad image before writing anything.
+// Verify first to find a bad image before writing anything. The work is
+// proportional to the pages the image describes, zero runs included (which
+// cost the image 16 bytes however long they are): a caller checks
+// Stats().Pages and Meta().RAM against the memory it restores into first.
 func (rd *Reader) Restore(fn func(pfn uint64, pages []byte, zero bool) error) error {
 	s := rd.stream()
 	defer s.stop()
@@ -484,9 +487,9 @@ func (s *chunkStream) next() (*rjob, error) {
 		return nil, formatErr(s.rd.sb.IndexOff, "index runs need more than the %d chunks there are", s.n)
 	}
 	<-j.done
-	if j.err != nil {
-		s.free <- j
-		return nil, j.err
+	if err := j.err; err != nil {
+		s.free <- j // j is the feeder's again from here on
+		return nil, err
 	}
 	s.n++
 	s.prev = j

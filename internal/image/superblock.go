@@ -143,6 +143,15 @@ func parseSuperblock(b []byte) (*Superblock, error) {
 // the superblock whatever its state; Open is what refuses images that are
 // not complete.
 func ReadSuperblock(r io.ReaderAt) (*Superblock, error) {
+	b, err := readSuperblockPage(r)
+	if err != nil {
+		return nil, err
+	}
+	return parseSuperblock(b)
+}
+
+// readSuperblockPage reads the first page, or as much of it as there is.
+func readSuperblockPage(r io.ReaderAt) ([]byte, error) {
 	b := make([]byte, SuperblockSize)
 	n, err := r.ReadAt(b, 0)
 	if n < SuperblockSize {
@@ -151,7 +160,7 @@ func ReadSuperblock(r io.ReaderAt) (*Superblock, error) {
 		}
 		b = b[:n]
 	}
-	return parseSuperblock(b)
+	return b, nil
 }
 
 // WriteReservation writes a superblock in state Writing that carries nonce,
@@ -201,21 +210,25 @@ type ReadWriterAt interface {
 	io.WriterAt
 }
 
-// SetState rewrites the superblock's state in place, with a new checksum.
-// Only StateInvalidated and StateFailed may be set this way: marking an
-// image complete is Writer.Close's job, after it has synced the data, and
-// an image goes back to Writing only by being written again. The caller
-// syncs the device afterwards.
+// SetState rewrites the superblock's state in place, with a new checksum;
+// every other byte stays as it was. Only StateInvalidated and StateFailed
+// may be set this way: marking an image complete is Writer.Close's job,
+// after it has synced the data, and an image goes back to Writing only by
+// being written again. The caller syncs the device afterwards.
 func SetState(rw ReadWriterAt, state State) error {
 	if state != StateInvalidated && state != StateFailed {
 		return fmt.Errorf("image: SetState cannot set state %v", state)
 	}
-	sb, err := ReadSuperblock(rw)
+	b, err := readSuperblockPage(rw)
 	if err != nil {
 		return err
 	}
-	sb.State = state
-	if _, err := rw.WriteAt(sb.Marshal(), 0); err != nil {
+	if _, err := parseSuperblock(b); err != nil {
+		return err
+	}
+	binary.LittleEndian.PutUint32(b[12:], uint32(state))
+	binary.LittleEndian.PutUint64(b[sbChecksumOff:], xxhash.Sum64(b[:sbChecksumOff]))
+	if _, err := rw.WriteAt(b, 0); err != nil {
 		return fmt.Errorf("image: writing superblock (state %v): %w", state, err)
 	}
 	return nil

@@ -19,7 +19,7 @@ import (
 // 64 pages on GOMAXPROCS goroutines, without syncing.
 type WriterOptions struct {
 	Codec      string // "s2" (default), "zstd" or "none"
-	Workers    int    // goroutines compressing chunks; 0 means GOMAXPROCS
+	Workers    int    // goroutines compressing chunks; 0 means GOMAXPROCS, at most 64
 	ChunkPages int    // pages per chunk, 1 to MaxChunkPages; 0 means DefaultChunkPages
 	// Sync makes everything written so far durable (fsync, a cache flush).
 	// Close calls it before and after writing the complete mark, and
@@ -78,6 +78,9 @@ type Writer struct {
 	nImage                       atomic.Uint64 // set once the image is complete
 }
 
+// maxWorkers bounds WriterOptions.Workers, and with it the writer's memory.
+const maxWorkers = 64
+
 // flushSize is how much of the data area the writer gathers before it
 // writes: big enough that a block device sees few, large, aligned writes.
 const flushSize = 1 << 20
@@ -116,6 +119,8 @@ func NewWriter(w io.WriterAt, capacity int64, opts WriterOptions) (*Writer, erro
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
+	// Each worker keeps two chunks in flight; more than this buys nothing.
+	workers = min(workers, maxWorkers)
 	m := opts.Meta.clone()
 	if m.PageSize != 0 && m.PageSize != PageSize {
 		return nil, fmt.Errorf("image: page size %d, this format stores %d-byte pages", m.PageSize, PageSize)
@@ -262,7 +267,7 @@ func (w *Writer) SetNote(key, value string) {
 // between two calls are simply not in the image. Zero pages are recorded
 // and not stored. AddPages copies what it keeps: data may be reused when it
 // returns. After an error the Writer is unusable, and Close reports the
-// error again.
+// error again. AddPages and Close are called from one goroutine.
 func (w *Writer) AddPages(pfn uint64, data []byte) error {
 	if w.closed {
 		return errors.New("image: AddPages after Close")
