@@ -3,6 +3,7 @@ package kexec
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -152,5 +153,37 @@ func TestPlanHelperRefuses(t *testing.T) {
 				t.Fatalf("error %v, want %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestPlanHelperCoreHeaders(t *testing.T) {
+	k := testKernel(t)
+	r := Range{0x25000000, 0x35000000}
+	var gotBackup Range
+	p, err := PlanHelper(HelperSpec{Kernel: k, Initrd: make([]byte, 4096), Region: r,
+		LowWindow: DefaultLowWindow, ReserveTop: DefaultReserveTop, Firmware: qemuFirmware,
+		CoreHeadersFor: func(b Range) ([]byte, error) { gotBackup = b; return bytes.Repeat([]byte{1}, 5000), nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gotBackup != p.Backup {
+		t.Errorf("headers built for backup %v, plan has %v", gotBackup, p.Backup)
+	}
+	// Outside the helper's RAM, after the backup, inside R, and named on
+	// the command line.
+	if p.Core.Start < p.Backup.End || p.Core.End > r.End || p.Core.Start < p.HelperRAM.End {
+		t.Errorf("core headers at %v; helper RAM %v, backup %v, R %v", p.Core, p.HelperRAM, p.Backup, r)
+	}
+	if !strings.Contains(p.Cmdline, fmt.Sprintf("elfcorehdr=%#x", p.Core.Start)) {
+		t.Errorf("command line %q lacks elfcorehdr=%#x", p.Cmdline, p.Core.Start)
+	}
+	last := p.Segments[len(p.Segments)-1]
+	if last.Name != "elfcorehdr" || last.Mem != p.Core.Start || len(last.Buf) != 5000 {
+		t.Errorf("last segment %s at %#x, %d bytes", last.Name, last.Mem, len(last.Buf))
+	}
+	for _, e := range p.E820 {
+		if e.Type == E820RAM && e.Addr < p.Core.End && p.Core.Start < e.Addr+e.Size {
+			t.Errorf("core headers lie in the helper's RAM %#x+%#x", e.Addr, e.Size)
+		}
 	}
 }
