@@ -15,7 +15,7 @@ STATIC  := CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w"
 VM_TESTS := check-refusals roundtrip:--smp,1 roundtrip:--smp,2 hibernate hibernate-too-small \
             cycle cycle:--smp,2 cycles resume-corrupt resume-foreign
 
-.PHONY: all deps kernel bins demo test test-unit test-vm lint fuzz bench bench-save clean
+.PHONY: all deps kernel bins demo test test-unit test-vm lint fuzz bench bench-save bench-hibernate clean
 
 all: bins
 
@@ -59,7 +59,10 @@ demo: kernel bins
 bench-save: kernel bins
 	@$(VM) run --scenario bench-save --kernel $(KERNEL) --bindir $(BIN) --smp 2
 
-bench: bench-save
+bench-hibernate: kernel bins
+	@$(VM) run --scenario bench-hibernate --kernel $(KERNEL) --bindir $(BIN)
+
+bench: bench-save bench-hibernate
 
 clean:
 	rm -rf $(BIN)

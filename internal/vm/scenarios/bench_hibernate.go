@@ -43,6 +43,9 @@ else
 	khib hibernate --target /dev/vda
 fi
 echo "khibvm-resumed $phase rc=$?"
+# swsusp first makes room by swapping memory out; that is written too.
+# (No /proc/vmstat event counters in this kernel: read swap in use.)
+echo "KHIBVM:swap_used_kb=$(awk '/^SwapTotal/{t=$2} /^SwapFree/{f=$2} END{print t-f}' /proc/meminfo)"
 khib-workload verify || fail verify-after
 echo "khibvm-workload-verified $phase"
 echo "KHIBVM:guest_done=ok"
@@ -50,7 +53,7 @@ poweroff -f
 `
 
 var (
-	swsuspImageRE = regexp.MustCompile(`PM: hibernation: Image created \((\d+) pages copied\)|PM: Wrote (\d+) kbytes`)
+	swsuspImageRE = regexp.MustCompile(`PM: Image size after compression: (\d+) kbytes`)
 	khibImageRE   = regexp.MustCompile(`image complete on \S+: \d+ pages \(\d+ zero\), ([0-9.]+) MiB stored`)
 )
 
@@ -100,9 +103,9 @@ func runBenchHibernate(ctx context.Context, env *scenario.Env) (scenario.Result,
 			if mm := khibImageRE.FindStringSubmatch(l.Text); mm != nil {
 				fmt.Sscan(mm[1], &sizeMiB)
 			}
-			if mm := swsuspImageRE.FindStringSubmatch(l.Text); mm != nil && mm[2] != "" {
+			if mm := swsuspImageRE.FindStringSubmatch(l.Text); mm != nil {
 				var kb float64
-				fmt.Sscan(mm[2], &kb)
+				fmt.Sscan(mm[1], &kb)
 				sizeMiB = kb / 1024
 			}
 		}
@@ -118,11 +121,18 @@ func runBenchHibernate(ctx context.Context, env *scenario.Env) (scenario.Result,
 		if _, err := m.WaitPowerOff(time.Minute); err != nil {
 			return res, err
 		}
+		swapped := 0.0
+		if n, ok := scenario.Figures(m)["swap_used_kb"]; ok {
+			fmt.Sscan(fmt.Sprint(n), &swapped)
+			swapped /= 1024
+		}
 		res[phase+"_hibernate_s"] = round3(hib)
 		res[phase+"_resume_s"] = round3(v.At.Seconds())
 		res[phase+"_image_mib"] = round3(sizeMiB)
-		env.Logf("%-6s: hibernate %.1f s (command to power-off), resume %.1f s (power-on to workload verified), image %.1f MiB",
-			phase, hib, v.At.Seconds(), sizeMiB)
+		res[phase+"_swapped_out_mib"] = round3(swapped)
+		res[phase+"_written_mib"] = round3(sizeMiB + swapped)
+		env.Logf("%-6s: hibernate %.1f s (command to power-off), resume %.1f s (power-on to workload verified), image %.1f MiB + %.1f MiB swapped out first",
+			phase, hib, v.At.Seconds(), sizeMiB, swapped)
 	}
 	ratio := func(k string) {
 		a, b := res["khib_"+k].(float64), res["swsusp_"+k].(float64)
@@ -132,8 +142,8 @@ func runBenchHibernate(ctx context.Context, env *scenario.Env) (scenario.Result,
 	}
 	ratio("hibernate_s")
 	ratio("resume_s")
-	ratio("image_mib")
-	env.Logf("khib / swsusp: hibernate %.2f, resume %.2f, image %.2f",
-		res["khib_vs_swsusp_hibernate_s"], res["khib_vs_swsusp_resume_s"], res["khib_vs_swsusp_image_mib"])
+	ratio("written_mib")
+	env.Logf("khib / swsusp: hibernate %.2f, resume %.2f, bytes written %.2f",
+		res["khib_vs_swsusp_hibernate_s"], res["khib_vs_swsusp_resume_s"], res["khib_vs_swsusp_written_mib"])
 	return res, nil
 }
