@@ -30,6 +30,13 @@ device, a write error, a full device, unreadable memory), the helper jumps
 back: this command then exits 1 with the helper's reason and the system
 keeps running as before.
 
+To resume, boot the same kernel with khib as init and khib.resume=DEV on
+its command line. khib checks the image (complete, every checksum, the same
+kernel build, the same memory map), marks it used so it is never resumed
+twice, and restores this system: this command then returns 0 and prints how
+long the system was away. If anything is wrong, the boot goes on normally
+and says why.
+
 Options:
 `
 

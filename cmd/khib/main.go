@@ -26,6 +26,10 @@ khib moves a running system (A) into a helper kernel that was loaded into a
 memory region reserved at boot (crashkernel=), using a kexec jump that can
 return. Run 'khib COMMAND --help' for the details of a command.
 
+As PID 1, khib is the helpers' init (khib.role=helper|restore), or, with
+khib.resume=DEV on the kernel command line, the first stage of a resume; it
+then hands over to the system's init (khib.init=PATH, default /sbin/init).
+
 Exit status: 0 on success, 1 when the command failed or the answer is no,
 2 on a usage error.
 `
