@@ -71,6 +71,7 @@ func main() {
 	mib := fs.Int("mib", 256, "memory to hold, in MiB")
 	seed := fs.Uint64("seed", 1, "pattern seed")
 	mixed := fs.Bool("mixed", false, "mix random, text-like, zero and sparse pages (default: all random)")
+	garbage := fs.Int("garbage", 0, "start: first fill this many MiB with random bytes and free them, leaving free pages that are not zero")
 	dir := fs.String("dir", "/run/khib-workload", "state directory")
 	count := fs.Int("count", 1000, "pfns: how many pages")
 	file := fs.String("file", "", "append-*: the file appended to")
@@ -82,7 +83,7 @@ func main() {
 	var err error
 	switch os.Args[1] {
 	case "start":
-		err = start(*dir, *mib, *seed, *mixed)
+		err = start(*dir, *mib, *seed, *mixed, *garbage)
 	case "serve":
 		err = serve(*dir, *mib, *seed, *mixed)
 	case "verify":
@@ -112,7 +113,12 @@ func main() {
 	}
 }
 
-func start(dir string, mib int, seed uint64, mixed bool) error {
+func start(dir string, mib int, seed uint64, mixed bool, garbage int) error {
+	if garbage > 0 {
+		if err := leaveGarbage(garbage); err != nil {
+			return err
+		}
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
@@ -352,4 +358,18 @@ func pfns(dir string, count int) error {
 	}
 	fmt.Println(sb.String())
 	return nil
+}
+
+// leaveGarbage fills memory with random bytes and frees it, so that A has
+// free pages whose content is not zero, as on any machine that has run a
+// while. A hibernation that saved free pages would store them all.
+func leaveGarbage(mib int) error {
+	b, err := unix.Mmap(-1, 0, mib<<20, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_POPULATE)
+	if err != nil {
+		return fmt.Errorf("garbage: %w", err)
+	}
+	for i := 0; i < len(b)/workload.PageSize; i++ {
+		workload.Fill(b[i*workload.PageSize:(i+1)*workload.PageSize], 0xdead, uint64(i), false)
+	}
+	return unix.Munmap(b)
 }

@@ -55,6 +55,7 @@ func cmdHibernate(args []string) int {
 	codec := fs.String("codec", "s2", "compression: s2 (fast), zstd (smaller), none")
 	ret := fs.Bool("return", false, "after saving, jump back instead of powering off (snapshot and go on)")
 	asJSON := fs.Bool("json", false, "print one JSON object")
+	noFilter := fs.Bool("no-filter", false, "save free pages too (by default the helper skips the pages A's buddy allocator has free)")
 	bench := fs.Bool("bench", false, "benchmark: save, then time a plain copy of /proc/vmcore and raw writes to DEV\n(overwriting the image), and jump back")
 	kernel := fs.String("kernel", helper.DefaultKernel(), "the helper kernel (bzImage), when no helper is armed")
 	fs.Usage = func() { fmt.Fprint(os.Stderr, hibernateHelp); fs.PrintDefaults() }
@@ -77,7 +78,7 @@ func cmdHibernate(args []string) int {
 	if *bench {
 		cmd, *ret = mailbox.CmdBenchSave, true
 	}
-	err := hibernate(&res, *dev, *codec, *ret, *kernel, cmd)
+	err := hibernate(&res, *dev, *codec, *ret, *kernel, cmd, *noFilter)
 	if err != nil {
 		res.Error = err.Error()
 	}
@@ -103,7 +104,7 @@ func cmdHibernate(args []string) int {
 // exact need while writing, and says so.
 const minTarget = 16 << 20
 
-func hibernate(res *hibernateResult, dev, codec string, ret bool, kernel, cmd string) error {
+func hibernate(res *hibernateResult, dev, codec string, ret bool, kernel, cmd string, noFilter bool) error {
 	if os.Geteuid() != 0 {
 		return errors.New("must run as root")
 	}
@@ -162,7 +163,7 @@ func hibernate(res *hibernateResult, dev, codec string, ret bool, kernel, cmd st
 			}
 		}
 		fmt.Fprintf(os.Stderr, "khib: hibernating to %s (%d MiB) with the %s helper\n", dev, info.Size>>20, res.Mode)
-		resp, away, err := helper.Jump(st, mailbox.Request{Cmd: cmd, Nonce: nonce.String(), Codec: codec, Return: ret, FirmwareRAM: fwRAM})
+		resp, away, err := helper.Jump(st, mailbox.Request{Cmd: cmd, Nonce: nonce.String(), Codec: codec, Return: ret, FirmwareRAM: fwRAM, NoFilter: noFilter})
 		if errors.Is(err, helper.ErrMailboxMoved) && attempt == 0 {
 			helper.Unload()
 			continue

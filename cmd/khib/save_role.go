@@ -16,6 +16,7 @@ import (
 	"github.com/khib/khib/internal/elfcore"
 	"github.com/khib/khib/internal/image"
 	"github.com/khib/khib/internal/mailbox"
+	"github.com/khib/khib/internal/pages"
 	"github.com/khib/khib/internal/target"
 )
 
@@ -72,7 +73,13 @@ func save(h *helperEnv, req mailbox.Request) mailbox.Response {
 	if err != nil {
 		return fail("save: %s: %v", path, err)
 	}
-	if err := streamCore(core, w, totalRAM(meta.RAM)); err != nil {
+	free := freePages(core, req)
+	var nfree uint64
+	for _, f := range free {
+		nfree += f.Count
+	}
+	w.SetNote("free_pages", strconv.FormatUint(nfree, 10))
+	if err := streamCore(core, w, totalRAM(meta.RAM), free); err != nil {
 		w.Close()
 		return fail("save to %s: %v", path, err)
 	}
@@ -82,8 +89,9 @@ func save(h *helperEnv, req mailbox.Request) mailbox.Response {
 	d := time.Since(t0)
 	st := w.Stats()
 	mb := float64(st.Pages*image.PageSize) / 1e6
-	console("khib-helper: image complete on %s: %d pages (%d zero), %.1f MiB stored, ratio %.3f, %.1f s, %.0f MB/s",
-		path, st.Pages, st.ZeroPages, float64(st.ImageBytes)/(1<<20), st.Ratio(), d.Seconds(), mb/d.Seconds())
+	mb = float64(totalRAM(meta.RAM)) / 1e6 // A's RAM processed, saved or skipped as free
+	console("khib-helper: image complete on %s: %d pages (%d zero), %d free pages skipped, %.1f MiB stored, ratio %.3f, %.1f s, %.0f MB/s",
+		path, st.Pages, st.ZeroPages, nfree, float64(st.ImageBytes)/(1<<20), st.Ratio(), d.Seconds(), mb/d.Seconds())
 	figs := map[string]any{
 		"power_off":    !req.Return,
 		"device":       path,
@@ -94,6 +102,7 @@ func save(h *helperEnv, req mailbox.Request) mailbox.Response {
 		"save_mb_s":    mb / d.Seconds(),
 		"uuid":         w.UUID().String(),
 		"stored_ratio": st.Ratio(),
+		"free_pages":   nfree,
 	}
 	if req.Cmd == mailbox.CmdBenchSave {
 		figs["power_off"] = false
@@ -158,7 +167,7 @@ func totalRAM(rs []image.Range) uint64 {
 // streamCore maps /proc/vmcore window by window and hands A's pages to the
 // image writer in physical order. mmap, not read: read(2) of /proc/vmcore
 // copies every page through a bounce buffer and ran at about half the speed.
-func streamCore(core *elfcore.File, w *image.Writer, total uint64) error {
+func streamCore(core *elfcore.File, w *image.Writer, total uint64, free []pages.FreeRange) error {
 	f, err := os.Open("/proc/vmcore")
 	if err != nil {
 		return err
@@ -177,9 +186,14 @@ func streamCore(core *elfcore.File, w *image.Writer, total uint64) error {
 			}
 			for i := uint64(0); i < n; i += 1 << 20 {
 				j := min(i+1<<20, n)
-				if err := w.AddPages((l.PhysAddr+off+i)/image.PageSize, m[i:j]); err != nil {
-					unix.Munmap(m)
-					return err
+				base := (l.PhysAddr + off) / image.PageSize
+				// Only the pages A has allocated: skip its free blocks.
+				for _, span := range allocated(base+i/image.PageSize, base+j/image.PageSize, &free) {
+					a, b := (span.Start-base)*image.PageSize, (span.Start+span.Count-base)*image.PageSize
+					if err := w.AddPages(span.Start, m[a:b]); err != nil {
+						unix.Munmap(m)
+						return err
+					}
 				}
 				p.add(j - i)
 			}
@@ -188,4 +202,68 @@ func streamCore(core *elfcore.File, w *image.Writer, total uint64) error {
 	}
 	p.print()
 	return nil
+}
+
+// freePages asks A's own page structures which pages are free. Any
+// failure leaves the filter off: then every page is saved, which is
+// always correct, only larger.
+func freePages(core *elfcore.File, req mailbox.Request) []pages.FreeRange {
+	if req.NoFilter {
+		return nil
+	}
+	info, err := core.Vmcoreinfo()
+	if err != nil {
+		console("khib-helper: not filtering free pages: %v", err)
+		return nil
+	}
+	in, err := pages.ReadInfo(info)
+	if err != nil {
+		console("khib-helper: not filtering free pages: %v", err)
+		return nil
+	}
+	t0 := time.Now()
+	var out []pages.FreeRange
+	for _, l := range sortedLoads(core) {
+		f, err := pages.Free(core, in, l.PhysAddr/image.PageSize, l.End()/image.PageSize)
+		if err != nil {
+			console("khib-helper: not filtering free pages: %v", err)
+			return nil
+		}
+		out = append(out, f...)
+	}
+	var n uint64
+	for _, f := range out {
+		n += f.Count
+	}
+	console("khib-helper: A has %d MiB free in %d blocks (read from its struct pages in %.2f s); those are not saved",
+		n*image.PageSize>>20, len(out), time.Since(t0).Seconds())
+	return out
+}
+
+// allocated returns the parts of the page frames [lo, hi) outside the free
+// blocks, consuming free blocks that end before hi.
+func allocated(lo, hi uint64, free *[]pages.FreeRange) []pages.FreeRange {
+	var out []pages.FreeRange
+	cur := lo
+	for len(*free) > 0 && cur < hi {
+		f := (*free)[0]
+		if f.Start+f.Count <= cur {
+			*free = (*free)[1:]
+			continue
+		}
+		if f.Start >= hi {
+			break
+		}
+		if f.Start > cur {
+			out = append(out, pages.FreeRange{Start: cur, Count: f.Start - cur})
+		}
+		cur = min(f.Start+f.Count, hi)
+		if f.Start+f.Count <= hi {
+			*free = (*free)[1:]
+		}
+	}
+	if cur < hi {
+		out = append(out, pages.FreeRange{Start: cur, Count: hi - cur})
+	}
+	return out
 }

@@ -59,6 +59,8 @@ type Request struct {
 	// FirmwareRAM is A's firmware memory map (RAM entries), recorded in
 	// the image so that a resume can tell a machine with another map.
 	FirmwareRAM string `json:"firmware_ram,omitempty"`
+	// NoFilter saves free pages too.
+	NoFilter bool `json:"no_filter,omitempty"`
 }
 
 // Response is the helper's answer. A reads it when the jump returns; after

@@ -21,7 +21,7 @@ func init() {
 }
 
 const benchScript = guestPrelude + `
-khib-workload start --mib @MIB@ --seed @SEED@ --mixed || fail workload
+khib-workload start --mib @MIB@ --seed @SEED@ --mixed --garbage @GARBAGE@ || fail workload
 for codec in s2 zstd; do
 	khib hibernate --target /dev/vda --bench --codec $codec --json >/tmp/b.json 2>/tmp/b.err || { cat /tmp/b.err; fail bench-$codec; }
 	echo "khibvm-bench $codec $(cat /tmp/b.json)"
@@ -33,7 +33,7 @@ poweroff -f
 
 func runBenchSave(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
 	mib := workloadMiB(env, 400)
-	script := strings.NewReplacer("@MIB@", fmt.Sprint(mib), "@SEED@", fmt.Sprint(workloadSeed)).Replace(benchScript)
+	script := strings.NewReplacer("@MIB@", fmt.Sprint(mib), "@SEED@", fmt.Sprint(workloadSeed), "@GARBAGE@", fmt.Sprint(garbageMiB)).Replace(benchScript)
 	rfs, err := khibGuest(env, script)
 	if err != nil {
 		return nil, err
@@ -80,15 +80,16 @@ func runBenchSave(ctx context.Context, env *scenario.Env) (scenario.Result, erro
 		f := r.Figures
 		res[codec+"_save_mb_s"] = round3(f["save_mb_s"])
 		res[codec+"_image_mib"] = round3(f["image_bytes"] / (1 << 20))
-		res[codec+"_ram_mib"] = round3(f["pages"] * 4096 / (1 << 20))
+		res[codec+"_saved_mib"] = round3(f["pages"] * 4096 / (1 << 20))
 		res[codec+"_cp_vmcore_mb_s"] = round3(f["cp_vmcore_mb_s"])
 		res[codec+"_dd_mb_s"] = round3(f["dd_mb_s"])
+		res[codec+"_free_mib"] = round3(f["free_pages"] * 4096 / (1 << 20))
 		if f["cp_vmcore_mb_s"] > 0 && f["dd_mb_s"] > 0 {
 			res[codec+"_save_vs_cp"] = round3(f["save_mb_s"] / f["cp_vmcore_mb_s"])
 			res[codec+"_save_vs_dd"] = round3(f["save_mb_s"] / f["dd_mb_s"])
 		}
-		env.Logf("bench %-4s: save %.0f MB/s of A's RAM (%.0f MiB -> %.1f MiB image); cp /proc/vmcore %.0f MB/s; raw writes %.0f MB/s",
-			codec, f["save_mb_s"], f["pages"]*4096/(1<<20), f["image_bytes"]/(1<<20), f["cp_vmcore_mb_s"], f["dd_mb_s"])
+		env.Logf("bench %-4s: save %.0f MB/s of A's RAM (%.0f MiB saved, %.0f MiB free skipped -> %.1f MiB image); cp /proc/vmcore %.0f MB/s; raw writes %.0f MB/s",
+			codec, f["save_mb_s"], f["pages"]*4096/(1<<20), f["free_pages"]*4096/(1<<20), f["image_bytes"]/(1<<20), f["cp_vmcore_mb_s"], f["dd_mb_s"])
 	}
 	if _, ok := res["s2_save_mb_s"]; !ok {
 		return res, fmt.Errorf("no bench results on the console")

@@ -29,7 +29,7 @@ phase=$(sed -n 's/.*khibvm.phase=\([a-z0-9]*\).*/\1/p' /proc/cmdline)
 if grep -q "khibvm.boot=2" /proc/cmdline; then
 	fail resume-$phase
 fi
-khib-workload start --mib @MIB@ --seed @SEED@ --mixed || fail workload
+khib-workload start --mib @MIB@ --seed @SEED@ --mixed --garbage @GARBAGE@ || fail workload
 khib-workload verify || fail verify-before
 if [ "$phase" = swsusp ]; then
 	mkswap /dev/vdb >/dev/null || fail mkswap
@@ -59,7 +59,7 @@ var (
 
 func runBenchHibernate(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
 	mib := workloadMiB(env, 400)
-	script := strings.NewReplacer("@MIB@", fmt.Sprint(mib), "@SEED@", fmt.Sprint(workloadSeed)).Replace(benchHibScript)
+	script := strings.NewReplacer("@MIB@", fmt.Sprint(mib), "@SEED@", fmt.Sprint(workloadSeed), "@GARBAGE@", fmt.Sprint(garbageMiB)).Replace(benchHibScript)
 	rfs, err := khibGuest(env, script)
 	if err != nil {
 		return nil, err

@@ -79,7 +79,7 @@ if [ -e /data/booted ]; then
 	poweroff -f
 fi
 touch /data/booted
-khib-workload start --mib @MIB@ --seed @SEED@ --mixed || fail workload
+khib-workload start --mib @MIB@ --seed @SEED@ --mixed --garbage @GARBAGE@ || fail workload
 khib-workload append-start --file /data/log || fail appender
 if [ -x /khibvm/before.sh ]; then
 	/khibvm/before.sh >/tmp/before.out 2>&1; echo "KHIBVM:before_rc=$?"; tail -n 5 /tmp/before.out | sed 's/^/khibvm-before: /'
@@ -132,7 +132,7 @@ var (
 
 func cycleRootfs(env *scenario.Env, cycles int) (string, error) {
 	script := strings.NewReplacer("@MIB@", fmt.Sprint(workloadMiB(env, 256)), "@SEED@", fmt.Sprint(workloadSeed),
-		"@CYCLES@", fmt.Sprint(cycles)).Replace(cycleScript)
+		"@CYCLES@", fmt.Sprint(cycles), "@GARBAGE@", fmt.Sprint(garbageMiB)).Replace(cycleScript)
 	rfs, err := khibGuest(env, script)
 	if err != nil {
 		return "", err
