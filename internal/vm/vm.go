@@ -32,6 +32,9 @@ import (
 type Disk struct {
 	Path     string
 	ReadOnly bool
+	// Blkdebug, if set, is a QEMU blkdebug configuration put between the
+	// guest and the file, to inject I/O errors (a failing disk).
+	Blkdebug string
 }
 
 // Config describes one QEMU run.
@@ -218,7 +221,11 @@ func Args(cfg Config, accel string) []string {
 	for _, d := range cfg.Disks {
 		// cache=writeback (QEMU's default) so that a clean QEMU exit leaves
 		// every guest write in the file for the next boot to find.
-		opt := "file=" + qemuEscape(d.Path) + ",format=raw,if=virtio,cache=writeback"
+		file := d.Path
+		if d.Blkdebug != "" {
+			file = "blkdebug:" + d.Blkdebug + ":" + d.Path
+		}
+		opt := "file=" + qemuEscape(file) + ",format=raw,if=virtio,cache=writeback"
 		if d.ReadOnly {
 			opt += ",readonly=on"
 		}

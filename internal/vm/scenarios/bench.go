@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/khib/khib/internal/vm"
 	"github.com/khib/khib/internal/vm/scenario"
 )
 
@@ -46,7 +47,7 @@ func runBenchSave(ctx context.Context, env *scenario.Env) (scenario.Result, erro
 	if err != nil {
 		return nil, err
 	}
-	m, err := runGuest(ctx, env, "a", initrd, khibAppend(RegionSize), disk)
+	m, err := runGuest(ctx, env, "a", initrd, khibAppend(RegionSize), vm.Disk{Path: disk})
 	if err != nil {
 		return nil, err
 	}

@@ -57,13 +57,11 @@ func khibGuest(env *scenario.Env, script string) (*vm.Rootfs, error) {
 // runGuest boots A once from initrd with the given command line and
 // disks, and waits until its script reports it is done and the machine
 // has powered off.
-func runGuest(ctx context.Context, env *scenario.Env, name, initrd, appendLine string, disks ...string) (*vm.Machine, error) {
+func runGuest(ctx context.Context, env *scenario.Env, name, initrd, appendLine string, disks ...vm.Disk) (*vm.Machine, error) {
 	cfg := env.Config()
 	cfg.Initrd = initrd
 	cfg.Append = appendLine
-	for _, d := range disks {
-		cfg.Disks = append(cfg.Disks, vm.Disk{Path: d})
-	}
+	cfg.Disks = disks
 	m, err := env.Start(ctx, name, cfg)
 	if err != nil {
 		return nil, err

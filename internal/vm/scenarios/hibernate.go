@@ -33,6 +33,13 @@ func init() {
 		Timeout:     15 * time.Minute,
 		Run:         runTooSmall,
 	})
+	scenario.Register(scenario.Scenario{
+		Name: "hibernate-write-error",
+		Description: "the image device fails writes past 64 MiB (QEMU blkdebug): the helper jumps back with the I/O error, " +
+			"and A's workload verifies intact",
+		Timeout: 15 * time.Minute,
+		Run:     runWriteError,
+	})
 }
 
 const workloadSeed = 42
@@ -270,18 +277,43 @@ func runTooSmall(ctx context.Context, env *scenario.Env) (scenario.Result, error
 	if err != nil {
 		return nil, err
 	}
-	initrd, err := hibernateGuest(env, "a", false, tooSmallAfter)
+	res := scenario.Result{"disk_mib": 40}
+	return res, saveMustFail(ctx, env, vm.Disk{Path: disk}, "needs about", res)
+}
+
+// runWriteError puts QEMU's blkdebug driver under the image disk: every
+// write that touches the sector at 64 MiB fails with EIO, as a dying disk
+// would, after A's reservation and the first part of the image succeeded.
+func runWriteError(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
+	disk, err := env.NewDisk("failing.img", 1024)
 	if err != nil {
 		return nil, err
+	}
+	conf := env.Path("blkdebug.conf")
+	rule := "[inject-error]\nevent = \"write_aio\"\nerrno = \"5\"\nsector = \"131072\"\nonce = \"off\"\n"
+	if err := os.WriteFile(conf, []byte(rule), 0o644); err != nil {
+		return nil, err
+	}
+	res := scenario.Result{"fail_at_mib": 64}
+	return res, saveMustFail(ctx, env, vm.Disk{Path: disk, Blkdebug: conf}, "input/output error", res)
+}
+
+// saveMustFail boots A with the image device spec, hibernates, and checks
+// that the helper came back with a reason containing want, that A's
+// workload is intact, and that nothing on the device reads as an image.
+func saveMustFail(ctx context.Context, env *scenario.Env, disk vm.Disk, want string, res scenario.Result) error {
+	initrd, err := hibernateGuest(env, "a", false, tooSmallAfter)
+	if err != nil {
+		return err
 	}
 	m, err := runGuest(ctx, env, "a", initrd, khibAppend(RegionSize), disk)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	fig := scenario.Figures(m)
-	res := scenario.Result{"workload_mib": workloadMiB(env, 400), "disk_mib": 40}
+	res["workload_mib"] = workloadMiB(env, 400)
 	if figureString(fig, "guest_done") != "ok" {
-		return res, fmt.Errorf("the guest failed at %q", figureString(fig, "failed_step"))
+		return fmt.Errorf("the guest failed at %q", figureString(fig, "failed_step"))
 	}
 	var reason string
 	for _, l := range m.Lines() {
@@ -293,12 +325,12 @@ func runTooSmall(ctx context.Context, env *scenario.Env) (scenario.Result, error
 		}
 	}
 	res["reason"] = reason
-	if figureString(fig, "hibernate_rc") != "1" || !strings.Contains(reason, "needs about") {
-		return res, fmt.Errorf("khib hibernate exited %s with %q; want 1 and the helper's reason with the space needed", figureString(fig, "hibernate_rc"), reason)
+	if figureString(fig, "hibernate_rc") != "1" || !strings.Contains(reason, want) {
+		return fmt.Errorf("khib hibernate exited %s with %q; want 1 and the helper's reason containing %q", figureString(fig, "hibernate_rc"), reason, want)
 	}
 	// The image on the device must not read as complete.
-	if out, err := exec.Command(filepath.Join(env.BinDir, "khib"), "image", "verify", disk).CombinedOutput(); err == nil {
-		return res, fmt.Errorf("a failed save left an image that verifies:\n%s", out)
+	if out, err := exec.Command(filepath.Join(env.BinDir, "khib"), "image", "verify", disk.Path).CombinedOutput(); err == nil {
+		return fmt.Errorf("a failed save left an image that verifies:\n%s", out)
 	}
-	return res, nil
+	return nil
 }
