@@ -4,17 +4,20 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os/exec"
 	"strings"
 	"time"
 
+	"github.com/khib/khib/internal/vm"
 	"github.com/khib/khib/internal/vm/scenario"
 )
 
 func init() {
 	scenario.Register(scenario.Scenario{
 		Name: "check-refusals",
-		Description: "A booted without a reserved region: khib check says no and why, and khib check --jump " +
-			"refuses (no region, not a bzImage, not root) with one line, loading nothing",
+		Description: "A booted without a reserved region: khib check says no and why, khib check --jump " +
+			"refuses (no region, not a bzImage, not root) and khib hibernate refuses targets (mounted, swap, too small, " +
+			"missing, not a device) with one line each, loading nothing",
 		Timeout: 5 * time.Minute,
 		Run:     runRefusals,
 	})
@@ -30,6 +33,15 @@ try() {
 try no_region khib check --jump
 try bad_kernel khib check --jump --kernel /bin/busybox
 try nonroot khib-workload runas 65534 /bin/khib check --jump
+# khib hibernate refuses targets A uses, or that are too small, before
+# anything is loaded. vda: ext4, mounted; vdb: swap in use; vdc: 8 MiB.
+mkdir -p /mnt/a && mount -t ext4 /dev/vda /mnt/a || fail mount
+mkswap /dev/vdb >/dev/null && swapon /dev/vdb || fail swapon
+try target_mounted khib hibernate --target /dev/vda
+try target_swap khib hibernate --target /dev/vdb
+try target_small khib hibernate --target /dev/vdc
+try target_missing khib hibernate --target /dev/vdz
+try target_file khib hibernate --target /etc/passwd
 echo "KHIBVM:loaded=$(cat /sys/kernel/kexec_loaded)"
 echo "KHIBVM:guest_done=ok"
 poweroff -f
@@ -45,7 +57,21 @@ func runRefusals(ctx context.Context, env *scenario.Env) (scenario.Result, error
 		return nil, err
 	}
 	// No crashkernel=: no region R.
-	m, err := runGuest(ctx, env, "a", initrd, khibAppend(""))
+	var disks []vm.Disk
+	for _, d := range []struct {
+		name string
+		mib  int
+	}{{"mounted.img", 64}, {"swap.img", 64}, {"small.img", 8}} {
+		p, err := env.NewDisk(d.name, d.mib)
+		if err != nil {
+			return nil, err
+		}
+		disks = append(disks, vm.Disk{Path: p})
+	}
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", disks[0].Path).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("mkfs.ext4: %v\n%s", err, out)
+	}
+	m, err := runGuest(ctx, env, "a", initrd, khibAppend(""), disks...)
 	if err != nil {
 		return nil, err
 	}
@@ -96,6 +122,8 @@ func runRefusals(ctx context.Context, env *scenario.Env) (scenario.Result, error
 	// Each refusal: non-zero, one line, saying why.
 	for _, r := range []struct{ name, want string }{
 		{"no_region", "crashkernel"}, {"bad_kernel", "not a bzImage"}, {"nonroot", "root"},
+		{"target_mounted", "is mounted on /mnt/a"}, {"target_swap", "in use as swap"},
+		{"target_small", "too small: 8 MiB"}, {"target_missing", "no such file"}, {"target_file", "not a block device"},
 	} {
 		rc, lines := figureString(fig, r.name+"_rc"), figureString(fig, r.name+"_lines")
 		reason := strings.Join(out[r.name], " | ")
