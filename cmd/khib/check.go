@@ -13,7 +13,6 @@ import (
 	"github.com/khib/khib/internal/helper"
 	"github.com/khib/khib/internal/kconfig"
 	"github.com/khib/khib/internal/kexec"
-	"github.com/khib/khib/internal/mailbox"
 )
 
 const checkHelp = `Usage: khib check [--json] [--kernel FILE]
@@ -123,40 +122,36 @@ func checkJump(kernel string, fresh, asJSON bool) int {
 	if _, err := helper.OpenKernel(kernel); err != nil {
 		return done(err)
 	}
-	r, err := helper.Region()
+	r, err := jumpable()
 	if err != nil {
 		return done(err)
 	}
 	res.Region = r.String()
-	if cfg, src, err := kconfig.Load(); err == nil && !cfg.Enabled("CONFIG_KEXEC_JUMP") {
-		return done(fmt.Errorf("the running kernel has no CONFIG_KEXEC_JUMP (%s); build one with kernel/build.sh", src))
-	}
-	st, err := helper.Current()
+	st, booted, err := helper.Ready(kernel, fresh)
 	if err != nil {
 		return done(err)
 	}
-	if st != nil && (fresh || !st.Parked()) {
-		if err := helper.Unload(); err != nil {
-			return done(err)
-		}
-		st = nil
-	}
-	res.Mode = "resumed"
-	if st == nil {
-		res.Mode = "fresh"
-		if st, _, err = helper.Load(helper.Options{Kernel: kernel}); err != nil {
-			return done(err)
-		}
-	}
+	res.Mode = map[bool]string{true: "fresh", false: "resumed"}[booted]
 	res.Round = st.Jumps + 1
 	// On stderr even with --json: the console shows when A left.
 	fmt.Fprintf(os.Stderr, "khib: jumping into the %s helper (region %s)\n", res.Mode, res.Region)
-	resp, away, err := helper.Jump(st, mailbox.Request{Cmd: mailbox.CmdRoundTrip})
+	away, err := helper.RoundTrip(st)
 	res.AwayS = away.Seconds()
-	if err == nil && !resp.OK {
-		err = fmt.Errorf("the helper: %s", resp.Error)
-	}
 	return done(err)
+}
+
+// jumpable checks what every jump needs from the running kernel, before
+// anything is loaded: a reserved region R, and KEXEC_JUMP when the kernel
+// config says.
+func jumpable() (kexec.Range, error) {
+	r, err := helper.Region()
+	if err != nil {
+		return r, err
+	}
+	if cfg, src, err := kconfig.Load(); err == nil && !cfg.Enabled("CONFIG_KEXEC_JUMP") {
+		return r, fmt.Errorf("the running kernel has no CONFIG_KEXEC_JUMP (%s); build one with kernel/build.sh", src)
+	}
+	return r, nil
 }
 
 const armHelp = `Usage: khib arm [--kernel FILE]
@@ -182,18 +177,15 @@ func cmdArm(args []string) int {
 	if os.Geteuid() != 0 {
 		return fail("arm: must run as root")
 	}
-	if st, err := helper.Current(); err == nil && st != nil && st.Parked() {
-		fmt.Println("khib: a helper is already armed")
-		return 0
-	}
-	st, _, err := helper.Load(helper.Options{Kernel: *kernel})
+	st, booted, err := helper.Ready(*kernel, false)
 	if err != nil {
 		return fail("arm: %v", err)
 	}
-	resp, away, err := helper.Jump(st, mailbox.Request{Cmd: mailbox.CmdRoundTrip})
-	if err == nil && !resp.OK {
-		err = fmt.Errorf("the helper: %s", resp.Error)
+	if !booted {
+		fmt.Println("khib: a helper is already armed")
+		return 0
 	}
+	away, err := helper.RoundTrip(st)
 	if err != nil {
 		return fail("arm: %v", err)
 	}

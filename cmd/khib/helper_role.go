@@ -1,16 +1,15 @@
 package main
 
 import (
-	"bufio"
 	"encoding/hex"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/khib/khib/internal/helper"
 	"github.com/khib/khib/internal/kexec"
 	"github.com/khib/khib/internal/mailbox"
 )
@@ -20,7 +19,7 @@ type helperEnv struct {
 	jumpBack uint64
 	mailbox  uint64
 	token    mailbox.Token
-	region   string
+	region   kexec.Range // R, which A's loader placed the helper in
 }
 
 func parseHelperParams(params map[string]string) (*helperEnv, error) {
@@ -37,7 +36,13 @@ func parseHelperParams(params map[string]string) (*helperEnv, error) {
 		return nil, fmt.Errorf("no mailbox token on the command line")
 	}
 	copy(h.token[:], tok)
-	h.region = params["khib.region"]
+	a, b, ok := strings.Cut(params["khib.region"], "-")
+	start, err1 := strconv.ParseUint(strings.TrimPrefix(a, "0x"), 16, 64)
+	end, err2 := strconv.ParseUint(strings.TrimPrefix(b, "0x"), 16, 64)
+	if !ok || err1 != nil || err2 != nil || end <= start {
+		return nil, fmt.Errorf("no reserved region on the command line (%q)", params["khib.region"])
+	}
+	h.region = kexec.Range{Start: start, End: end}
 	return &h, nil
 }
 
@@ -136,19 +141,15 @@ func writeResponse(h *helperEnv, resp mailbox.Response) error {
 // reportRAM prints the helper's System RAM as its own /proc/iomem shows
 // it, which must lie inside R and the low window only.
 func reportRAM() {
-	f, err := os.Open("/proc/iomem")
+	io, err := helper.ReadIomem()
 	if err != nil {
-		console("khib-helper: cannot read /proc/iomem: %v", err)
+		console("khib-helper: %v", err)
 		return
 	}
-	defer f.Close()
 	var ram []string
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		line := s.Text()
-		if !strings.HasPrefix(line, " ") && strings.HasSuffix(line, " : System RAM") {
-			ram = append(ram, strings.TrimSuffix(line, " : System RAM"))
-		}
+	for _, r := range io.SystemRAM() {
+		// iomem's own notation: hex without 0x, inclusive end.
+		ram = append(ram, fmt.Sprintf("%08x-%08x", r.Start, r.End-1))
 	}
 	console("khib-helper: System RAM %s", strings.Join(ram, " "))
 }

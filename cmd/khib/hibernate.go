@@ -10,7 +10,6 @@ import (
 
 	"github.com/khib/khib/internal/helper"
 	"github.com/khib/khib/internal/image"
-	"github.com/khib/khib/internal/kconfig"
 	"github.com/khib/khib/internal/mailbox"
 	"github.com/khib/khib/internal/target"
 )
@@ -118,11 +117,8 @@ func hibernate(res *hibernateResult, dev, codec string, ret bool, kernel, cmd st
 	if info.Size < minTarget {
 		return fmt.Errorf("%s is too small: %d MiB, an image needs at least %d MiB and typically a third to a half of RAM", dev, info.Size>>20, minTarget>>20)
 	}
-	if _, err := helper.Region(); err != nil {
+	if _, err := jumpable(); err != nil {
 		return err
-	}
-	if cfg, src, err := kconfig.Load(); err == nil && !cfg.Enabled("CONFIG_KEXEC_JUMP") {
-		return fmt.Errorf("the running kernel has no CONFIG_KEXEC_JUMP (%s)", src)
 	}
 	fwRAM, err := helper.FirmwareRAM()
 	if err != nil {
@@ -148,20 +144,11 @@ func hibernate(res *hibernateResult, dev, codec string, ret bool, kernel, cmd st
 	}
 
 	for attempt := 0; ; attempt++ {
-		st, err := helper.Current()
+		st, booted, err := helper.Ready(kernel, false)
 		if err != nil {
 			return err
 		}
-		res.Mode = "armed"
-		if st == nil || !st.Parked() {
-			res.Mode = "fresh"
-			if st != nil {
-				helper.Unload()
-			}
-			if st, _, err = helper.Load(helper.Options{Kernel: kernel}); err != nil {
-				return err
-			}
-		}
+		res.Mode = map[bool]string{true: "fresh", false: "armed"}[booted]
 		fmt.Fprintf(os.Stderr, "khib: hibernating to %s (%d MiB) with the %s helper\n", dev, info.Size>>20, res.Mode)
 		resp, away, err := helper.Jump(st, mailbox.Request{Cmd: cmd, Nonce: nonce.String(), Codec: codec, Return: ret, FirmwareRAM: fwRAM, NoFilter: noFilter})
 		if errors.Is(err, helper.ErrMailboxMoved) && attempt == 0 {
@@ -181,27 +168,11 @@ func hibernate(res *hibernateResult, dev, codec string, ret bool, kernel, cmd st
 			// its pages came from the image, and R held the restore
 			// helper. Unload it before anything can jump into it.
 			res.Mode += ", resumed from disk"
+			// The image itself stage 1 marked used before restoring.
 			if err := helper.Unload(); err != nil {
 				fmt.Fprintf(os.Stderr, "khib: warning: unloading the stale helper: %v\n", err)
 			}
-			invalidate(dev, nonce)
 		}
 		return nil
-	}
-}
-
-// invalidate marks the image on dev as used, if it is still the one this
-// hibernation wrote. Stage 1 has done so already before restoring; this
-// covers a resume path that did not.
-func invalidate(dev string, nonce image.Nonce) {
-	f, err := os.OpenFile(dev, os.O_RDWR, 0)
-	if err != nil {
-		return
-	}
-	defer f.Close()
-	if sb, err := image.ReadSuperblock(f); err == nil && sb.Nonce == nonce && sb.State == image.StateComplete {
-		if err := image.SetState(f, image.StateInvalidated); err == nil {
-			f.Sync()
-		}
 	}
 }

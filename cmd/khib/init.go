@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/khib/khib/internal/kexec"
 )
 
 // runInit is khib as PID 1: in a helper kernel it runs the helper role
@@ -40,7 +42,7 @@ func runInit() {
 	console("khib: nothing left to run; powering off in 5 s")
 	time.Sleep(5 * time.Second)
 	unix.Sync()
-	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+	_ = kexec.PowerOff()
 	select {}
 }
 

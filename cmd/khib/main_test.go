@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/khib/khib/internal/check"
 )
 
 // buildKhib builds the real binary once per test run.
@@ -57,14 +59,7 @@ func run(t *testing.T, cred *syscall.Credential, bin string, args ...string) (co
 func TestCheckOnThisHost(t *testing.T) {
 	bin := buildKhib(t)
 	code, out, _ := run(t, nil, bin, "check", "--json")
-	var rep struct {
-		OK     bool `json:"ok"`
-		Checks []struct {
-			Name string `json:"name"`
-			OK   bool   `json:"ok"`
-			Fix  string `json:"fix"`
-		} `json:"checks"`
-	}
+	var rep check.Report
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
 		t.Fatalf("khib check --json printed %q: %v", out, err)
 	}

@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"os"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -24,7 +23,7 @@ func runRestore(params map[string]string) {
 	console("khib-restore: A cannot be resumed; rebooting into a normal boot in 5 s")
 	time.Sleep(5 * time.Second)
 	unix.Sync()
-	unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
+	kexec.Restart()
 	select {}
 }
 
@@ -48,7 +47,7 @@ func restore(uuid string) error {
 		return err
 	}
 	// Stage 1 marked the image used; C reads it all the same, once.
-	rd, err := openSpent(f, size)
+	rd, err := image.OpenInvalidated(f, size)
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
@@ -61,31 +60,24 @@ func restore(uuid string) error {
 
 	low := kexec.DefaultLowWindow
 	lowBuf := make([]byte, low.Size())
-	w := &physWriter{avoid: []kexec.Range{low, {Start: meta.Region.Start, End: meta.Region.End}}}
-	defer w.close()
+	// C's own RAM, which /dev/mem will not map: the low window and R.
+	w, err := kexec.NewPhysWriter([]kexec.Range{low, {Start: meta.Region.Start, End: meta.Region.End}})
+	if err != nil {
+		return err
+	}
+	defer w.Close()
 	p := newProgress("khib-restore", "restoring", st.Pages*image.PageSize)
 	err = rd.Restore(func(pfn uint64, pages []byte, zero bool) error {
-		addr := pfn * image.PageSize
-		end := addr + uint64(len(pages))
-		if addr < meta.Region.End && meta.Region.Start < end {
-			return fmt.Errorf("page %#x lies in the helper region", addr)
+		got := kexec.Range{Start: pfn * image.PageSize, End: pfn*image.PageSize + uint64(len(pages))}
+		for _, part := range kexec.Subtract(got, []kexec.Range{low}) {
+			if err := w.Write(part.Start, pages[part.Start-got.Start:part.End-got.Start], zero); err != nil {
+				return err
+			}
 		}
 		// A's low window is the helper's own RAM now; it goes back with
 		// the final jump, as a kexec segment.
-		for a := addr; a < end; a += image.PageSize {
-			if a >= low.Start && a < low.End {
-				copy(lowBuf[a-low.Start:], pages[a-addr:a-addr+image.PageSize])
-				continue
-			}
-			// Consecutive pages outside the window in one go.
-			b := a
-			for b < end && !(b >= low.Start && b < low.End) {
-				b += image.PageSize
-			}
-			if err := w.write(a, pages[a-addr:b-addr], zero); err != nil {
-				return err
-			}
-			a = b - image.PageSize
+		if a, b := max(got.Start, low.Start), min(got.End, low.End); a < b {
+			copy(lowBuf[a-low.Start:b-low.Start], pages[a-got.Start:b-got.Start])
 		}
 		p.add(uint64(len(pages)))
 		return nil
@@ -93,7 +85,9 @@ func restore(uuid string) error {
 	if err != nil {
 		return fmt.Errorf("restoring from %s (A's memory is now partly overwritten): %w", path, err)
 	}
-	w.close()
+	if err := w.Close(); err != nil {
+		return fmt.Errorf("restoring A's memory: %w", err)
+	}
 	p.print()
 	console("khib-restore: A's memory restored in %.1f s; jumping to A at %#x", time.Since(t0).Seconds(), meta.JumpBack)
 
@@ -117,81 +111,4 @@ func restore(uuid string) error {
 		return fmt.Errorf("jumping to A: %w", err)
 	}
 	return fmt.Errorf("A jumped back into the restore helper, which is not meant to happen")
-}
-
-// openSpent opens an image that stage 1 has already marked as used.
-func openSpent(f *os.File, size int64) (*image.Reader, error) {
-	return image.OpenInvalidated(f, size)
-}
-
-// physWriter writes A's memory through windows of /dev/mem mapped with
-// mmap: read/write(2) on /dev/mem stop at the helper's own top of RAM.
-type physWriter struct {
-	fd         int
-	base, size uint64
-	m          []byte
-	// avoid is the helper's own RAM. /dev/mem refuses a mapping that
-	// touches any page of it, so windows stop at its edges.
-	avoid []kexec.Range
-}
-
-const physWindow = 64 << 20
-
-func (w *physWriter) write(addr uint64, b []byte, zero bool) error {
-	for len(b) > 0 {
-		if w.m == nil || addr < w.base || addr >= w.base+w.size {
-			if err := w.mapAt(addr); err != nil {
-				return err
-			}
-		}
-		n := min(uint64(len(b)), w.base+w.size-addr)
-		dst := w.m[addr-w.base : addr-w.base+n]
-		if zero {
-			clear(dst)
-		} else {
-			copy(dst, b[:n])
-		}
-		addr += n
-		b = b[n:]
-	}
-	return nil
-}
-
-func (w *physWriter) mapAt(addr uint64) error {
-	if w.m != nil {
-		unix.Munmap(w.m)
-		w.m = nil
-	}
-	if w.fd == 0 {
-		fd, err := unix.Open("/dev/mem", unix.O_RDWR, 0)
-		if err != nil {
-			return fmt.Errorf("opening /dev/mem: %w", err)
-		}
-		w.fd = fd
-	}
-	w.base = addr &^ (kexec.PageSize - 1)
-	end := w.base + physWindow
-	for _, r := range w.avoid {
-		if r.Start > w.base && r.Start < end {
-			end = r.Start
-		}
-	}
-	w.size = end - w.base
-	m, err := unix.Mmap(w.fd, int64(w.base), int(w.size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		return fmt.Errorf("mapping A's memory at %#x (%d MiB) through /dev/mem: %w", w.base, w.size>>20, err)
-	}
-	w.m = m
-	return nil
-}
-
-func (w *physWriter) close() {
-	if w.m != nil {
-		unix.Munmap(w.m)
-		w.m = nil
-	}
-	if w.fd != 0 {
-		unix.Close(w.fd)
-		w.fd = 0
-	}
 }

@@ -116,31 +116,23 @@ func checkResumable(rd *image.Reader) error {
 	if err := meta.CheckKernel(release(), buildID); err != nil {
 		return fmt.Errorf("the image was made by a different kernel: %w", err)
 	}
-	fw, err := helper.FirmwareRAM()
+	fw, err := helper.Firmware()
 	if err != nil {
 		return err
 	}
-	if want := meta.Host["firmware_ram"]; want == "" || want != fw {
-		return fmt.Errorf("the memory map differs: the image was made with RAM %s, this machine has %s", orNone(want), fw)
+	if want, have := meta.Host["firmware_ram"], helper.RAMSummary(fw); want == "" || want != have {
+		return fmt.Errorf("the memory map differs: the image was made with RAM %s, this machine has %s", orNone(want), have)
 	}
-	// R must be RAM here, and hold no page of the image: C runs there.
-	fwRAM, err := helper.Firmware()
-	if err != nil {
-		return err
-	}
+	// R must be RAM here: C runs there. (That no page of the image lies
+	// in R, image.Open has checked.)
 	inRAM := false
-	for _, e := range fwRAM {
+	for _, e := range fw {
 		if e.Type == kexec.E820RAM && e.Addr <= meta.Region.Start && meta.Region.End <= e.Addr+e.Size {
 			inRAM = true
 		}
 	}
 	if !inRAM || meta.Region.End <= meta.Region.Start {
 		return fmt.Errorf("the image's helper region %s is not free RAM on this machine", meta.Region)
-	}
-	for _, r := range rd.Runs() {
-		if r.Start*image.PageSize < meta.Region.End && meta.Region.Start < r.End()*image.PageSize {
-			return fmt.Errorf("the image holds pages inside its helper region %s", meta.Region)
-		}
 	}
 	if meta.JumpBack == 0 {
 		return errors.New("the image has no jump-back entry")

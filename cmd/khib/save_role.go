@@ -8,7 +8,6 @@ import (
 	"runtime"
 	"sort"
 	"strconv"
-	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -140,13 +139,7 @@ func describeA(h *helperEnv, core *elfcore.File, req mailbox.Request) (image.Met
 	for _, l := range sortedLoads(core) {
 		m.RAM = append(m.RAM, image.Range{Start: l.PhysAddr, End: l.End()})
 	}
-	if a, b, ok := strings.Cut(h.region, "-"); ok {
-		start, err1 := strconv.ParseUint(strings.TrimPrefix(a, "0x"), 16, 64)
-		end, err2 := strconv.ParseUint(strings.TrimPrefix(b, "0x"), 16, 64)
-		if err1 == nil && err2 == nil {
-			m.Region = image.Range{Start: start, End: end}
-		}
-	}
+	m.Region = image.Range{Start: h.region.Start, End: h.region.End}
 	return m, nil
 }
 

@@ -113,16 +113,25 @@ func Initramfs(exe string) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// Region returns R, the "Crash kernel" region of /proc/iomem.
-func Region() (kexec.Range, error) {
+// ReadIomem parses the running kernel's /proc/iomem.
+func ReadIomem() (*memmap.Iomem, error) {
 	f, err := os.Open("/proc/iomem")
 	if err != nil {
-		return kexec.Range{}, fmt.Errorf("reading memory map: %w", err)
+		return nil, fmt.Errorf("reading memory map: %w", err)
 	}
 	defer f.Close()
 	io, err := memmap.ParseIomem(f)
 	if err != nil {
-		return kexec.Range{}, fmt.Errorf("reading /proc/iomem: %w", err)
+		return nil, fmt.Errorf("reading /proc/iomem: %w", err)
+	}
+	return io, nil
+}
+
+// Region returns R, the "Crash kernel" region of /proc/iomem.
+func Region() (kexec.Range, error) {
+	io, err := ReadIomem()
+	if err != nil {
+		return kexec.Range{}, err
 	}
 	r, ok := io.CrashKernel()
 	if !ok {
@@ -162,14 +171,9 @@ func Firmware() ([]kexec.E820Entry, error) {
 // the low window read from its backup in R (the helper reuses that low
 // memory), and A's vmcoreinfo note.
 func CoreHeaders(r, backup kexec.Range) ([]byte, error) {
-	f, err := os.Open("/proc/iomem")
+	io, err := ReadIomem()
 	if err != nil {
-		return nil, fmt.Errorf("reading memory map: %w", err)
-	}
-	defer f.Close()
-	io, err := memmap.ParseIomem(f)
-	if err != nil {
-		return nil, fmt.Errorf("reading /proc/iomem: %w", err)
+		return nil, err
 	}
 	low := kexec.DefaultLowWindow
 	var loads []elfcore.Load
@@ -199,13 +203,18 @@ func FirmwareRAM() (string, error) {
 	if err != nil {
 		return "", err
 	}
+	return RAMSummary(fw), nil
+}
+
+// RAMSummary lists the RAM entries of a memory map, as FirmwareRAM does.
+func RAMSummary(fw []kexec.E820Entry) string {
 	var parts []string
 	for _, e := range fw {
 		if e.Type == kexec.E820RAM {
 			parts = append(parts, kexec.Range{Start: e.Addr, End: e.Addr + e.Size}.String())
 		}
 	}
-	return strings.Join(parts, ","), nil
+	return strings.Join(parts, ",")
 }
 
 // helperCmdline carries over the console settings of A's command line, so
@@ -295,6 +304,35 @@ func Load(o Options) (*State, *kexec.HelperPlan, error) {
 		return nil, nil, err
 	}
 	return st, plan, nil
+}
+
+// Ready returns the helper to jump into: the parked one, unless fresh is
+// asked for; otherwise, after unloading whatever is loaded, a newly loaded
+// one. booted says whether the jump will boot it.
+func Ready(kernel string, fresh bool) (st *State, booted bool, err error) {
+	if st, err = Current(); err != nil {
+		return nil, false, err
+	}
+	if st != nil && !fresh && st.Parked() {
+		return st, false, nil
+	}
+	if st != nil {
+		if err := Unload(); err != nil {
+			return nil, false, err
+		}
+	}
+	st, _, err = Load(Options{Kernel: kernel})
+	return st, true, err
+}
+
+// RoundTrip jumps into the helper and back, writing nothing, and returns
+// the time A was away.
+func RoundTrip(st *State) (time.Duration, error) {
+	resp, away, err := Jump(st, mailbox.Request{Cmd: mailbox.CmdRoundTrip})
+	if err == nil && !resp.OK {
+		err = fmt.Errorf("the helper: %s", resp.Error)
+	}
+	return away, err
 }
 
 // Current returns the state of the loaded helper, or nil when none is

@@ -107,56 +107,14 @@ func PowerOff() error {
 	return unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
 }
 
+// Restart syncs nothing and reboots the machine.
+func Restart() error {
+	return unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
+}
+
 // ErrRAM means /dev/mem refused a page because the running kernel counts
 // it as its own RAM (CONFIG_STRICT_DEVMEM).
 var ErrRAM = errors.New("page is RAM of the running kernel; /dev/mem refuses it")
-
-// ReadPhys reads n bytes of physical memory at addr through an mmap of
-// /dev/mem. mmap, not read: read(2) on /dev/mem stops at the running
-// kernel's own top of RAM (arch/x86/mm/mmap.c: valid_phys_addr_range),
-// which for a helper confined to R is below most of A's memory.
-func ReadPhys(addr uint64, n int) ([]byte, error) {
-	f, err := os.Open("/dev/mem")
-	if err != nil {
-		return nil, fmt.Errorf("opening /dev/mem: %w", err)
-	}
-	defer f.Close()
-	base := addr &^ (PageSize - 1)
-	span := int(alignUp(addr+uint64(n), PageSize) - base)
-	m, err := unix.Mmap(int(f.Fd()), int64(base), span, unix.PROT_READ, unix.MAP_SHARED)
-	if err != nil {
-		if errors.Is(err, unix.EPERM) {
-			return nil, fmt.Errorf("mapping /dev/mem at %#x: %w", base, ErrRAM)
-		}
-		return nil, fmt.Errorf("mapping /dev/mem at %#x: %w", base, err)
-	}
-	defer unix.Munmap(m)
-	out := make([]byte, n)
-	copy(out, m[addr-base:])
-	return out, nil
-}
-
-// WritePhys writes b to physical memory at addr through an mmap of
-// /dev/mem. The helper uses it for pages that are RAM of A but not of its
-// own (STRICT_DEVMEM allows those).
-func WritePhys(addr uint64, b []byte) error {
-	f, err := os.OpenFile("/dev/mem", os.O_RDWR, 0)
-	if err != nil {
-		return fmt.Errorf("opening /dev/mem: %w", err)
-	}
-	defer f.Close()
-	base := addr &^ (PageSize - 1)
-	span := int(alignUp(addr+uint64(len(b)), PageSize) - base)
-	m, err := unix.Mmap(int(f.Fd()), int64(base), span, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		if errors.Is(err, unix.EPERM) {
-			return fmt.Errorf("mapping /dev/mem at %#x: %w", base, ErrRAM)
-		}
-		return fmt.Errorf("mapping /dev/mem at %#x: %w", base, err)
-	}
-	copy(m[addr-base:], b)
-	return unix.Munmap(m)
-}
 
 // PhysAddr returns the physical address of the page that backs the given
 // virtual address in this process, from /proc/self/pagemap. The page must

@@ -62,23 +62,17 @@ func runBenchSave(ctx context.Context, env *scenario.Env) (scenario.Result, erro
 		}
 		codec, js, _ := strings.Cut(rest, " ")
 		var r struct {
-			OK      bool               `json:"ok"`
-			Figures map[string]float64 `json:"figures"`
-		}
-		// Figures hold strings too; decode loosely.
-		var loose struct {
 			Figures map[string]any `json:"figures"`
 		}
-		if err := json.Unmarshal([]byte(js), &loose); err != nil {
+		if err := json.Unmarshal([]byte(js), &r); err != nil {
 			return res, fmt.Errorf("bench %s: %w", codec, err)
 		}
-		r.Figures = map[string]float64{}
-		for k, v := range loose.Figures {
-			if f, ok := v.(float64); ok {
-				r.Figures[k] = f
+		f := map[string]float64{} // the numeric figures; others are text
+		for k, v := range r.Figures {
+			if x, ok := v.(float64); ok {
+				f[k] = x
 			}
 		}
-		f := r.Figures
 		res[codec+"_save_mb_s"] = round3(f["save_mb_s"])
 		res[codec+"_image_mib"] = round3(f["image_bytes"] / (1 << 20))
 		res[codec+"_saved_mib"] = round3(f["pages"] * 4096 / (1 << 20))

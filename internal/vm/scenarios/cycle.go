@@ -3,7 +3,6 @@ package scenarios
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io/fs"
 	"os"
@@ -246,11 +245,11 @@ func runCycles(ctx context.Context, env *scenario.Env, cycles int, tp *tamper) (
 		if l := lastLine(m, `^khib-helper: image complete on`); l != "" {
 			say("helper: %s", strings.TrimPrefix(l, "khib-helper: "))
 		}
-		size, err := imageBytes(env, imgDisk)
+		ins, err := inspectImage(env, imgDisk)
 		if err != nil {
 			return res, fmt.Errorf("hibernation %d: %w", c, err)
 		}
-		sizes = append(sizes, float64(size)/(1<<20))
+		sizes = append(sizes, float64(ins.ImageBytes)/(1<<20))
 		say("hibernation %d: %.1f s from command to power-off, image %.1f MiB", c, hib[c-1], sizes[c-1])
 
 		if tp != nil {
@@ -336,14 +335,9 @@ func runCycles(ctx context.Context, env *scenario.Env, cycles int, tp *tamper) (
 // the result, and reports whether both succeeded.
 func userCommands(machines []*vm.Machine, res scenario.Result) bool {
 	ok := true
-	lines := map[string][]string{}
+	lines := taggedLines(userLineRE, machines...)
 	fig := scenario.Result{}
 	for _, m := range machines {
-		for _, l := range m.Lines() {
-			if mm := userLineRE.FindStringSubmatch(l.Text); mm != nil {
-				lines[mm[1]] = append(lines[mm[1]], mm[2])
-			}
-		}
 		fig.Merge(scenario.Figures(m))
 	}
 	for _, k := range []string{"before", "after"} {
@@ -393,24 +387,6 @@ func checkRefused(ctx context.Context, env *scenario.Env, cfg vm.Config, tp *tam
 		return fmt.Errorf("the boot after the refusal was not normal")
 	}
 	return nil
-}
-
-func imageBytes(env *scenario.Env, disk string) (uint64, error) {
-	khib, err := env.Bin("khib")
-	if err != nil {
-		return 0, err
-	}
-	out, err := exec.Command(khib, "image", "inspect", "--json", disk).Output()
-	if err != nil {
-		return 0, fmt.Errorf("khib image inspect: %w", err)
-	}
-	var ins struct {
-		ImageBytes uint64 `json:"image_bytes"`
-	}
-	if err := json.Unmarshal(out, &ins); err != nil {
-		return 0, err
-	}
-	return ins.ImageBytes, nil
 }
 
 // corruptChunk flips one byte in the middle of a chunk's page data.

@@ -3,8 +3,10 @@ package scenarios
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"regexp"
 	"sort"
 	"strconv"
@@ -138,4 +140,70 @@ func figureString(r scenario.Result, key string) string {
 		return ""
 	}
 	return fmt.Sprint(v)
+}
+
+// stderrLineRE marks what a guest script relays from a command's stderr:
+// "khibvm-stderr NAME: line".
+var stderrLineRE = regexp.MustCompile(`khibvm-stderr (\S+): (.*)$`)
+
+// taggedLines collects, from the consoles of machines, the lines that re
+// matches, keyed by its first group and holding its second.
+func taggedLines(re *regexp.Regexp, machines ...*vm.Machine) map[string][]string {
+	out := map[string][]string{}
+	for _, m := range machines {
+		for _, l := range m.Lines() {
+			if mm := re.FindStringSubmatch(l.Text); mm != nil {
+				out[mm[1]] = append(out[mm[1]], mm[2])
+			}
+		}
+	}
+	return out
+}
+
+// refusal is a command a guest ran through its try function, which must
+// fail with one line on stderr that says want.
+type refusal struct{ name, want string }
+
+// checkRefusals checks each refusal's exit status (NAME_rc), stderr line
+// count (NAME_lines) and reason, and records the reasons in res.
+func checkRefusals(fig scenario.Result, stderr map[string][]string, res scenario.Result, refusals ...refusal) error {
+	for _, r := range refusals {
+		rc, lines := figureString(fig, r.name+"_rc"), figureString(fig, r.name+"_lines")
+		reason := strings.Join(stderr[r.name], " | ")
+		res[r.name+"_reason"] = reason
+		if rc == "0" || rc == "" || lines != "1" || !strings.Contains(reason, r.want) {
+			return fmt.Errorf("%s: exit %s, %s lines %q; want non-zero, one line mentioning %q", r.name, rc, lines, reason, r.want)
+		}
+	}
+	return nil
+}
+
+// inspection is what the scenarios read of khib image inspect --json.
+type inspection struct {
+	Meta struct {
+		Notes map[string]string `json:"notes"`
+	} `json:"meta"`
+	State      string  `json:"state"`
+	Pages      uint64  `json:"pages"`
+	ZeroPages  uint64  `json:"zero_pages"`
+	DataPages  uint64  `json:"data_pages"`
+	ImageBytes uint64  `json:"image_bytes"`
+	Ratio      float64 `json:"ratio"`
+}
+
+// inspectImage runs khib's own inspect on an image on the host.
+func inspectImage(env *scenario.Env, disk string) (*inspection, error) {
+	khib, err := env.Bin("khib")
+	if err != nil {
+		return nil, err
+	}
+	out, err := exec.Command(khib, "image", "inspect", "--json", disk).Output()
+	if err != nil {
+		return nil, fmt.Errorf("khib image inspect: %w", err)
+	}
+	var ins inspection
+	if err := json.Unmarshal(out, &ins); err != nil {
+		return nil, fmt.Errorf("khib image inspect --json: %w", err)
+	}
+	return &ins, nil
 }

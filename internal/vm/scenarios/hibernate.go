@@ -2,7 +2,6 @@ package scenarios
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/khib/khib/internal/image"
 	"github.com/khib/khib/internal/kexec"
+	"github.com/khib/khib/internal/memmap"
 	"github.com/khib/khib/internal/vm"
 	"github.com/khib/khib/internal/vm/scenario"
 	"github.com/khib/khib/internal/workload"
@@ -74,7 +74,6 @@ poweroff -f
 `
 
 var (
-	iomemLineRE    = regexp.MustCompile(`khibvm-iomem\s+([0-9a-f]+-[0-9a-f]+) : (System RAM|Crash kernel)`)
 	hibernateRE    = regexp.MustCompile(`^khibvm-hibernate-start`)
 	imageCompleted = regexp.MustCompile(`khib-helper: image complete on`)
 )
@@ -164,43 +163,30 @@ func checkImage(env *scenario.Env, m *vm.Machine, disk, name string, res scenari
 	if out, err := exec.Command(khib, "image", "verify", disk).CombinedOutput(); err != nil {
 		return fmt.Errorf("%s: khib image verify: %v\n%s", name, err, out)
 	}
-	out, err := exec.Command(khib, "image", "inspect", "--json", disk).Output()
+	ins, err := inspectImage(env, disk)
 	if err != nil {
-		return fmt.Errorf("%s: khib image inspect: %w", name, err)
-	}
-	var ins struct {
-		Meta struct {
-			Notes map[string]string `json:"notes"`
-		} `json:"meta"`
-		State      string  `json:"state"`
-		Pages      uint64  `json:"pages"`
-		ZeroPages  uint64  `json:"zero_pages"`
-		DataPages  uint64  `json:"data_pages"`
-		ImageBytes uint64  `json:"image_bytes"`
-		Ratio      float64 `json:"ratio"`
-	}
-	if err := json.Unmarshal(out, &ins); err != nil {
-		return fmt.Errorf("%s: khib image inspect --json: %w", name, err)
+		return fmt.Errorf("%s: %w", name, err)
 	}
 	// A's RAM outside R, in whole pages, as A's /proc/iomem showed it.
-	var region kexec.Range
-	var ram []kexec.Range
+	var iomem strings.Builder
 	for _, l := range m.Lines() {
-		if mm := iomemLineRE.FindStringSubmatch(l.Text); mm != nil {
-			r, err := parseRange(mm[1])
-			if err != nil {
-				return err
-			}
-			if mm[2] == "Crash kernel" {
-				region = r
-			} else {
-				ram = append(ram, kexec.Range{Start: r.Start &^ 4095, End: (r.End + 4095) &^ 4095})
-			}
+		if rest, ok := strings.CutPrefix(l.Text, "khibvm-iomem "); ok {
+			iomem.WriteString(rest + "\n")
 		}
 	}
+	io, err := memmap.ParseIomem(strings.NewReader(iomem.String()))
+	if err != nil {
+		return fmt.Errorf("%s: A's /proc/iomem: %w", name, err)
+	}
+	r, ok := io.CrashKernel()
+	if !ok {
+		return fmt.Errorf("%s: A reported no reserved region", name)
+	}
+	region := kexec.Range{Start: r.Start, End: r.End}
 	var want uint64
-	for _, r := range ram {
-		for _, p := range kexec.Subtract(r, []kexec.Range{region}) {
+	for _, r := range io.SystemRAM() {
+		ram := kexec.Range{Start: r.Start &^ 4095, End: (r.End + 4095) &^ 4095}
+		for _, p := range kexec.Subtract(ram, []kexec.Range{region}) {
 			want += p.Size() / 4096
 		}
 	}
@@ -315,15 +301,7 @@ func saveMustFail(ctx context.Context, env *scenario.Env, disk vm.Disk, want str
 	if figureString(fig, "guest_done") != "ok" {
 		return fmt.Errorf("the guest failed at %q", figureString(fig, "failed_step"))
 	}
-	var reason string
-	for _, l := range m.Lines() {
-		if mm := stderrLineRE.FindStringSubmatch(l.Text); mm != nil && mm[1] == "hibernate" {
-			if reason != "" {
-				reason += " | "
-			}
-			reason += mm[2]
-		}
-	}
+	reason := strings.Join(taggedLines(stderrLineRE, m)["hibernate"], " | ")
 	res["reason"] = reason
 	if figureString(fig, "hibernate_rc") != "1" || !strings.Contains(reason, want) {
 		return fmt.Errorf("khib hibernate exited %s with %q; want 1 and the helper's reason containing %q", figureString(fig, "hibernate_rc"), reason, want)

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/khib/khib/internal/check"
 	"github.com/khib/khib/internal/vm"
 	"github.com/khib/khib/internal/vm/scenario"
 )
@@ -77,12 +78,9 @@ func runRefusals(ctx context.Context, env *scenario.Env) (scenario.Result, error
 	}
 	fig := scenario.Figures(m)
 	res := scenario.Result{}
-	out := map[string][]string{}
+	out := taggedLines(stderrLineRE, m)
 	var checkJSON string
 	for _, l := range m.Lines() {
-		if mm := stderrLineRE.FindStringSubmatch(l.Text); mm != nil {
-			out[mm[1]] = append(out[mm[1]], mm[2])
-		}
 		if _, rest, ok := strings.Cut(l.Text, "khibvm-json "); ok {
 			checkJSON = rest
 		}
@@ -98,14 +96,7 @@ func runRefusals(ctx context.Context, env *scenario.Env) (scenario.Result, error
 	if !strings.Contains(text, "region") || !strings.Contains(text, "crashkernel=") {
 		return res, fmt.Errorf("khib check does not name the missing region and its fix:\n%s", text)
 	}
-	var rep struct {
-		OK     bool `json:"ok"`
-		Checks []struct {
-			Name string `json:"name"`
-			OK   bool   `json:"ok"`
-			Fix  string `json:"fix"`
-		} `json:"checks"`
-	}
+	var rep check.Report
 	if err := json.Unmarshal([]byte(checkJSON), &rep); err != nil {
 		return res, fmt.Errorf("khib check --json: %w", err)
 	}
@@ -120,17 +111,12 @@ func runRefusals(ctx context.Context, env *scenario.Env) (scenario.Result, error
 	}
 	res["check_failing"] = strings.Join(bad, ",")
 	// Each refusal: non-zero, one line, saying why.
-	for _, r := range []struct{ name, want string }{
-		{"no_region", "crashkernel"}, {"bad_kernel", "not a bzImage"}, {"nonroot", "root"},
-		{"target_mounted", "is mounted on /mnt/a"}, {"target_swap", "in use as swap"},
-		{"target_small", "too small: 8 MiB"}, {"target_missing", "no such file"}, {"target_file", "not a block device"},
-	} {
-		rc, lines := figureString(fig, r.name+"_rc"), figureString(fig, r.name+"_lines")
-		reason := strings.Join(out[r.name], " | ")
-		res[r.name+"_reason"] = reason
-		if rc == "0" || lines != "1" || !strings.Contains(reason, r.want) {
-			return res, fmt.Errorf("%s: exit %s, %s lines %q; want non-zero, one line mentioning %q", r.name, rc, lines, reason, r.want)
-		}
+	if err := checkRefusals(fig, out, res,
+		refusal{"no_region", "crashkernel"}, refusal{"bad_kernel", "not a bzImage"}, refusal{"nonroot", "root"},
+		refusal{"target_mounted", "is mounted on /mnt/a"}, refusal{"target_swap", "in use as swap"},
+		refusal{"target_small", "too small: 8 MiB"}, refusal{"target_missing", "no such file"},
+		refusal{"target_file", "not a block device"}); err != nil {
+		return res, err
 	}
 	if figureString(fig, "loaded") != "0" {
 		return res, fmt.Errorf("a refused jump left a kexec image loaded")

@@ -56,7 +56,6 @@ var (
 	jumpStartRE   = regexp.MustCompile(`^khib: jumping into the`)
 	jumpDoneRE    = regexp.MustCompile(`KHIBVM:jump(\d)=`)
 	guestDoneRE   = regexp.MustCompile(`KHIBVM:guest_done=`)
-	stderrLineRE  = regexp.MustCompile(`khibvm-stderr (\S+): (.*)$`)
 	workloadVerRE = regexp.MustCompile(`workload: verified`)
 )
 
@@ -118,21 +117,9 @@ func checkRoundtrip(env *scenario.Env, m *vm.Machine, fig, res scenario.Result) 
 		return fmt.Errorf("A reported no reserved region: %w", err)
 	}
 	// Bad input: refused with exactly one line, nothing loaded.
-	stderr := map[string][]string{}
-	for _, l := range m.Lines() {
-		if mm := stderrLineRE.FindStringSubmatch(l.Text); mm != nil {
-			stderr[mm[1]] = append(stderr[mm[1]], mm[2])
-		}
-	}
-	for _, name := range []string{"bad_kernel", "nonroot"} {
-		rc := figureString(fig, name+"_rc")
-		if rc == "0" || rc == "" || figureString(fig, name+"_lines") != "1" {
-			return fmt.Errorf("%s: khib check --jump exited %s with %s lines on stderr, want non-zero and one line", name, rc, figureString(fig, name+"_lines"))
-		}
-		res[name+"_reason"] = strings.Join(stderr[name], " | ")
-	}
-	if !strings.Contains(res["bad_kernel_reason"].(string), "not a bzImage") || !strings.Contains(res["nonroot_reason"].(string), "root") {
-		return fmt.Errorf("refusals do not say why: %q, %q", res["bad_kernel_reason"], res["nonroot_reason"])
+	if err := checkRefusals(fig, taggedLines(stderrLineRE, m), res,
+		refusal{"bad_kernel", "not a bzImage"}, refusal{"nonroot", "root"}); err != nil {
+		return err
 	}
 	if figureString(fig, "loaded_after_bad_input") != "0" {
 		return fmt.Errorf("bad input left a kexec image loaded")
