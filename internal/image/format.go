@@ -219,7 +219,7 @@ func (u UUID) MarshalText() ([]byte, error) { return []byte(u.String()), nil }
 // UnmarshalText parses the form MarshalText writes.
 func (u *UUID) UnmarshalText(b []byte) error {
 	if len(b) != 36 || b[8] != '-' || b[13] != '-' || b[18] != '-' || b[23] != '-' {
-		return fmt.Errorf("image: malformed UUID %q", b)
+		return fmt.Errorf("malformed UUID %q", b)
 	}
 	var h [32]byte
 	copy(h[0:8], b[0:8])
@@ -229,7 +229,7 @@ func (u *UUID) UnmarshalText(b []byte) error {
 	copy(h[20:32], b[24:36])
 	var v UUID
 	if _, err := hex.Decode(v[:], h[:]); err != nil {
-		return fmt.Errorf("image: malformed UUID %q", b)
+		return fmt.Errorf("malformed UUID %q", b)
 	}
 	*u = v
 	return nil
