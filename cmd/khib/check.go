@@ -127,7 +127,7 @@ func checkJump(kernel string, fresh, asJSON bool) int {
 		return done(err)
 	}
 	res.Region = r.String()
-	st, booted, err := helper.Ready(kernel, fresh)
+	st, booted, err := helper.Ready(helper.Options{Kernel: kernel}, fresh)
 	if err != nil {
 		return done(err)
 	}
@@ -177,7 +177,7 @@ func cmdArm(args []string) int {
 	if os.Geteuid() != 0 {
 		return fail("arm: must run as root")
 	}
-	st, booted, err := helper.Ready(*kernel, false)
+	st, booted, err := helper.Ready(helper.Options{Kernel: *kernel}, false)
 	if err != nil {
 		return fail("arm: %v", err)
 	}

@@ -55,7 +55,7 @@ func cmdHibernate(args []string) int {
 	ret := fs.Bool("return", false, "after saving, jump back instead of powering off (snapshot and go on)")
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	noFilter := fs.Bool("no-filter", false, "save free pages too (by default the helper skips the pages A's buddy allocator has free)")
-	bench := fs.Bool("bench", false, "benchmark: save, then time a plain copy of /proc/vmcore and raw writes to DEV\n(overwriting the image), and jump back")
+	bench := fs.Bool("bench", false, "benchmark: save, then time a plain copy of /proc/vmcore, raw writes and, when A has it,\nmakedumpfile -d 17 to DEV (overwriting the image), and jump back")
 	kernel := fs.String("kernel", helper.DefaultKernel(), "the helper kernel (bzImage), when no helper is armed")
 	fs.Usage = func() { fmt.Fprint(os.Stderr, hibernateHelp); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
@@ -77,7 +77,11 @@ func cmdHibernate(args []string) int {
 	if *bench {
 		cmd, *ret = mailbox.CmdBenchSave, true
 	}
-	err := hibernate(&res, *dev, *codec, *ret, *kernel, cmd, *noFilter)
+	load := helper.Options{Kernel: *kernel}
+	if *bench {
+		load.Extra = benchTools()
+	}
+	err := hibernate(&res, *dev, *codec, *ret, load, cmd, *noFilter)
 	if err != nil {
 		res.Error = err.Error()
 	}
@@ -103,7 +107,7 @@ func cmdHibernate(args []string) int {
 // exact need while writing, and says so.
 const minTarget = 16 << 20
 
-func hibernate(res *hibernateResult, dev, codec string, ret bool, kernel, cmd string, noFilter bool) error {
+func hibernate(res *hibernateResult, dev, codec string, ret bool, load helper.Options, cmd string, noFilter bool) error {
 	if os.Geteuid() != 0 {
 		return errors.New("must run as root")
 	}
@@ -144,7 +148,8 @@ func hibernate(res *hibernateResult, dev, codec string, ret bool, kernel, cmd st
 	}
 
 	for attempt := 0; ; attempt++ {
-		st, booted, err := helper.Ready(kernel, false)
+		// A helper armed earlier lacks any extra files: boot one that has them.
+		st, booted, err := helper.Ready(load, len(load.Extra) > 0)
 		if err != nil {
 			return err
 		}

@@ -87,8 +87,7 @@ func save(h *helperEnv, req mailbox.Request) mailbox.Response {
 	}
 	d := time.Since(t0)
 	st := w.Stats()
-	mb := float64(st.Pages*image.PageSize) / 1e6
-	mb = float64(totalRAM(meta.RAM)) / 1e6 // A's RAM processed, saved or skipped as free
+	mb := float64(totalRAM(meta.RAM)) / 1e6 // A's RAM processed, saved or skipped as free
 	console("khib-helper: image complete on %s: %d pages (%d zero), %d free pages skipped, %.1f MiB stored, ratio %.3f, %.1f s, %.0f MB/s",
 		path, st.Pages, st.ZeroPages, nfree, float64(st.ImageBytes)/(1<<20), st.Ratio(), d.Seconds(), mb/d.Seconds())
 	figs := map[string]any{

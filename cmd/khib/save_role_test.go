@@ -2,6 +2,7 @@ package main
 
 import (
 	"reflect"
+	"slices"
 	"testing"
 
 	"github.com/khib/khib/internal/pages"
@@ -36,5 +37,40 @@ func TestAllocated(t *testing.T) {
 				t.Fatalf("free left %v, want %v", free, tc.leftFree)
 			}
 		})
+	}
+}
+
+func TestToolLog(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		writes []string
+		lines  []string
+		last   string
+	}{
+		{"lines", []string{"one\ntwo\n"}, []string{"one", "two"}, "one / two"},
+		{"progress dropped", []string{"Copying : [ 1.0 %] |\rCopying : [ 50.0 %] /\r", "done.\n"}, []string{"done."}, "done."},
+		{"split writes", []string{"hal", "f\nrest"}, []string{"half", "rest"}, "half / rest"},
+		{"last three", []string{"a\nb\nc\nd\n"}, []string{"a", "b", "c", "d"}, "b / c / d"},
+		{"nothing", nil, nil, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var l toolLog
+			for _, w := range tc.writes {
+				l.Write([]byte(w))
+			}
+			if got := l.Lines(); !slices.Equal(got, tc.lines) {
+				t.Errorf("Lines = %q, want %q", got, tc.lines)
+			}
+			if got := l.String(); got != tc.last {
+				t.Errorf("String = %q, want %q", got, tc.last)
+			}
+		})
+	}
+	var l toolLog
+	for range 100 {
+		l.Write([]byte("line\n"))
+	}
+	if n := len(l.Lines()); n != 64 {
+		t.Errorf("kept %d lines, want 64", n)
 	}
 }

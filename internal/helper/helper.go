@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -49,6 +51,9 @@ type Options struct {
 	Kernel  string // the helper's bzImage
 	Exe     string // the binary that becomes the helper's /init; default: this one
 	Cmdline string // extra helper command line
+	// Extra files of A's, by absolute path, copied into the helper's
+	// initramfs at the same paths (a benchmark's baseline tool, say).
+	Extra []string
 }
 
 // DefaultKernel returns the bzImage of the running kernel, which is the
@@ -87,8 +92,9 @@ func OpenKernel(path string) (*kexec.BzImage, error) {
 
 // Initramfs builds the helper's initramfs: khib itself as /init and the
 // mount points it needs. It is built from the running binary so that A
-// and its helper always run the same khib.
-func Initramfs(exe string) ([]byte, error) {
+// and its helper always run the same khib. Each extra file of A's goes in
+// at its own absolute path.
+func Initramfs(exe string, extra ...string) ([]byte, error) {
 	bin, err := os.ReadFile(exe)
 	if err != nil {
 		return nil, fmt.Errorf("reading khib binary for the helper's initramfs: %w", err)
@@ -106,6 +112,29 @@ func Initramfs(exe string) ([]byte, error) {
 	}
 	if err := w.File("init", 0o755, bin); err != nil {
 		return nil, err
+	}
+	dirs := map[string]bool{"/dev": true, "/proc": true, "/sys": true, "/run": true, "/tmp": true, "/mnt": true}
+	for _, p := range extra {
+		if !path.IsAbs(p) {
+			return nil, fmt.Errorf("helper initramfs: %q is not an absolute path", p)
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("helper initramfs: %w", err)
+		}
+		var parents []string
+		for d := path.Dir(p); d != "/" && !dirs[d]; d = path.Dir(d) {
+			dirs[d] = true
+			parents = append(parents, d)
+		}
+		for _, d := range slices.Backward(parents) {
+			if err := w.Dir(d[1:], 0o755); err != nil {
+				return nil, err
+			}
+		}
+		if err := w.File(p[1:], 0o755, b); err != nil {
+			return nil, err
+		}
 	}
 	if err := w.Close(); err != nil {
 		return nil, err
@@ -263,7 +292,7 @@ func Load(o Options) (*State, *kexec.HelperPlan, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	initrd, err := Initramfs(o.Exe)
+	initrd, err := Initramfs(o.Exe, o.Extra...)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -309,7 +338,7 @@ func Load(o Options) (*State, *kexec.HelperPlan, error) {
 // Ready returns the helper to jump into: the parked one, unless fresh is
 // asked for; otherwise, after unloading whatever is loaded, a newly loaded
 // one. booted says whether the jump will boot it.
-func Ready(kernel string, fresh bool) (st *State, booted bool, err error) {
+func Ready(o Options, fresh bool) (st *State, booted bool, err error) {
 	if st, err = Current(); err != nil {
 		return nil, false, err
 	}
@@ -321,7 +350,7 @@ func Ready(kernel string, fresh bool) (st *State, booted bool, err error) {
 			return nil, false, err
 		}
 	}
-	st, _, err = Load(Options{Kernel: kernel})
+	st, _, err = Load(o)
 	return st, true, err
 }
 

@@ -2,7 +2,9 @@ package helper
 
 import (
 	"bytes"
+	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -120,6 +122,61 @@ func TestInitramfsHoldsInitAndConsole(t *testing.T) {
 	for _, want := range []string{"init", "dev/console", "proc", "sys"} {
 		if !strings.Contains(" "+got+" ", " "+want+" ") {
 			t.Errorf("initramfs lacks %s: %s", want, got)
+		}
+	}
+}
+
+// TestInitramfsExtra: extra files land at their own paths, each parent
+// directory once and before its contents, with their bytes.
+func TestInitramfsExtra(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Skip(err)
+	}
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "x", "tool"), filepath.Join(dir, "x", "lib", "libt.so")
+	for _, p := range []string{a, b} {
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte("bytes of "+filepath.Base(p)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	img, err := Initramfs(exe, a, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := cpio.NewReader(bytes.NewReader(img))
+	seen := map[string]int{}
+	dirs := map[string]bool{"": true}
+	for {
+		h, err := r.Next()
+		if err != nil {
+			break
+		}
+		seen[h.Name]++
+		if parent := filepath.Dir(h.Name); parent != "." && !dirs[parent] {
+			t.Errorf("%s comes before its directory %s", h.Name, parent)
+		}
+		if h.IsDir() {
+			dirs[h.Name] = true
+		}
+		if "/"+h.Name == a || "/"+h.Name == b {
+			data, err := io.ReadAll(r)
+			if err != nil || string(data) != "bytes of "+filepath.Base(h.Name) {
+				t.Errorf("%s holds %q, %v", h.Name, data, err)
+			}
+		}
+	}
+	for _, p := range []string{a[1:], b[1:], filepath.Dir(b)[1:], "init"} {
+		if seen[p] != 1 {
+			t.Errorf("%s appears %d times, want once", p, seen[p])
+		}
+	}
+	for _, bad := range []string{"relative/path", filepath.Join(dir, "missing")} {
+		if _, err := Initramfs(exe, bad); err == nil {
+			t.Errorf("extra file %s: no error", bad)
 		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/khib/khib/internal/cpio"
+	"github.com/khib/khib/internal/elfdeps"
 )
 
 // DefaultBusybox is the static busybox the host provides (busybox-static).
@@ -122,6 +123,22 @@ func (r *Rootfs) AddHostBinary(guestPath, hostPath string) error {
 	e := r.entries[clean(guestPath)]
 	e.mode |= 0o111
 	r.entries[clean(guestPath)] = e
+	return nil
+}
+
+// AddHostProgram copies the host program at hostPath into the guest at
+// the same path, with its loader and shared libraries at theirs, so that
+// a dynamically linked program runs in the guest as on the host.
+func (r *Rootfs) AddHostProgram(hostPath string) error {
+	files, err := elfdeps.Closure(os.DirFS("/"), hostPath)
+	if err != nil && !errors.Is(err, elfdeps.ErrStatic) {
+		return fmt.Errorf("rootfs: %w", err)
+	}
+	for _, p := range files {
+		if err := r.AddHostFile(p, p); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
