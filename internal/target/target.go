@@ -244,5 +244,10 @@ func Find(match func(r io.ReaderAt) bool) (*os.File, string, error) {
 		}
 		f.Close()
 	}
-	return nil, "", fmt.Errorf("no block device carries khib's reservation (looked at %d devices: %s)", len(paths), strings.Join(paths, " "))
+	looked := "no block devices at all"
+	if len(paths) > 0 {
+		looked = "looked at " + strings.Join(paths, " ")
+	}
+	return nil, "", fmt.Errorf("no block device carries khib's reservation (%s): the helper kernel cannot read the target "+
+		"or has no driver for it; choose a target on a disk the helper kernel supports", looked)
 }

@@ -40,6 +40,14 @@ func init() {
 		Timeout: 15 * time.Minute,
 		Run:     runWriteError,
 	})
+	scenario.Register(scenario.Scenario{
+		Name: "hibernate-no-device",
+		Description: "the helper cannot find the image device, because every read of its first sector fails (QEMU blkdebug), " +
+			"as when the helper lacks its driver: the helper jumps back, khib hibernate names the devices it looked at, " +
+			"and A's workload verifies intact",
+		Timeout: 15 * time.Minute,
+		Run:     runNoDevice,
+	})
 }
 
 const workloadSeed = 42
@@ -282,6 +290,25 @@ func runWriteError(ctx context.Context, env *scenario.Env) (scenario.Result, err
 	}
 	res := scenario.Result{"fail_at_mib": 64}
 	return res, saveMustFail(ctx, env, vm.Disk{Path: disk, Blkdebug: conf}, "input/output error", res)
+}
+
+// runNoDevice makes reads of the image disk's first sector fail from the
+// first cache flush on, which is A syncing its reservation: A gets as far
+// as the jump, and the helper, which reads each block device's first
+// sector to find the reservation, finds none.
+func runNoDevice(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
+	disk, err := env.NewDisk("unreadable.img", 1024)
+	if err != nil {
+		return nil, err
+	}
+	conf := env.Path("blkdebug.conf")
+	rules := "[set-state]\nstate = \"1\"\nevent = \"flush_to_disk\"\nnew_state = \"2\"\n\n" +
+		"[inject-error]\nstate = \"2\"\nevent = \"read_aio\"\nerrno = \"5\"\nsector = \"0\"\nonce = \"off\"\n"
+	if err := os.WriteFile(conf, []byte(rules), 0o644); err != nil {
+		return nil, err
+	}
+	res := scenario.Result{}
+	return res, saveMustFail(ctx, env, vm.Disk{Path: disk, Blkdebug: conf}, "no block device carries khib's reservation", res)
 }
 
 // saveMustFail boots A with the image device spec, hibernates, and checks
