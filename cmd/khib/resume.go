@@ -114,7 +114,7 @@ func checkResumable(rd *image.Reader) error {
 		return fmt.Errorf("cannot read this kernel's build-id: %w", err)
 	}
 	if err := meta.CheckKernel(release(), buildID); err != nil {
-		return fmt.Errorf("the image was made by a different kernel: %w", err)
+		return err // "made by a different kernel: saved by R build B, this is ..."
 	}
 	fw, err := helper.Firmware()
 	if err != nil {

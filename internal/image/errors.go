@@ -30,7 +30,7 @@ var (
 	ErrNoPage = errors.New("image: page not in image")
 	// ErrForeignKernel: the image was saved by another kernel than the one
 	// that would resume it.
-	ErrForeignKernel = errors.New("image: image from another kernel")
+	ErrForeignKernel = errors.New("image: made by a different kernel")
 )
 
 // FormatError says where an image is malformed. It wraps ErrCorrupt.

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -341,7 +342,7 @@ func (r Report) JSON() []byte {
 		{"scenario", r.Scenario},
 		{"ok", r.OK},
 		{"error", errorText(r.Err)},
-		{"seconds", round3(r.Seconds)},
+		{"seconds", Round3(r.Seconds)},
 		{"workdir", r.WorkDir},
 	}
 	if r.Accel != "" {
@@ -407,6 +408,7 @@ func errorText(err error) string {
 	return strings.Join(strings.Fields(msg), " ")
 }
 
-func round3(f float64) float64 {
-	return float64(int64(f*1000+0.5)) / 1000
+// Round3 rounds a figure to three decimals for a result line.
+func Round3(f float64) float64 {
+	return math.Round(f*1000) / 1000
 }

@@ -85,24 +85,24 @@ func runBenchSave(ctx context.Context, env *scenario.Env) (scenario.Result, erro
 				f[k] = x
 			}
 		}
-		res[codec+"_save_mb_s"] = round3(f["save_mb_s"])
-		res[codec+"_image_mib"] = round3(f["image_bytes"] / (1 << 20))
-		res[codec+"_saved_mib"] = round3(f["pages"] * 4096 / (1 << 20))
-		res[codec+"_cp_vmcore_mb_s"] = round3(f["cp_vmcore_mb_s"])
-		res[codec+"_dd_mb_s"] = round3(f["dd_mb_s"])
-		res[codec+"_free_mib"] = round3(f["free_pages"] * 4096 / (1 << 20))
+		res[codec+"_save_mb_s"] = scenario.Round3(f["save_mb_s"])
+		res[codec+"_image_mib"] = scenario.Round3(f["image_bytes"] / (1 << 20))
+		res[codec+"_saved_mib"] = scenario.Round3(f["pages"] * 4096 / (1 << 20))
+		res[codec+"_cp_vmcore_mb_s"] = scenario.Round3(f["cp_vmcore_mb_s"])
+		res[codec+"_dd_mb_s"] = scenario.Round3(f["dd_mb_s"])
+		res[codec+"_free_mib"] = scenario.Round3(f["free_pages"] * 4096 / (1 << 20))
 		if f["makedumpfile_mb_s"] > 0 {
-			res[codec+"_makedumpfile_mb_s"] = round3(f["makedumpfile_mb_s"])
-			res[codec+"_makedumpfile_mib"] = round3(f["makedumpfile_bytes"] / (1 << 20))
-			res[codec+"_save_vs_makedumpfile"] = round3(f["save_mb_s"] / f["makedumpfile_mb_s"])
+			res[codec+"_makedumpfile_mb_s"] = scenario.Round3(f["makedumpfile_mb_s"])
+			res[codec+"_makedumpfile_mib"] = scenario.Round3(f["makedumpfile_bytes"] / (1 << 20))
+			res[codec+"_save_vs_makedumpfile"] = scenario.Round3(f["save_mb_s"] / f["makedumpfile_mb_s"])
 			env.Logf("bench %-4s: makedumpfile %s: %.0f MB/s of A's RAM, %.1f MiB written",
 				codec, r.Figures["makedumpfile_args"], f["makedumpfile_mb_s"], f["makedumpfile_bytes"]/(1<<20))
 		} else {
 			return res, fmt.Errorf("bench %s: the helper did not run makedumpfile (see the console log)", codec)
 		}
 		if f["cp_vmcore_mb_s"] > 0 && f["dd_mb_s"] > 0 {
-			res[codec+"_save_vs_cp"] = round3(f["save_mb_s"] / f["cp_vmcore_mb_s"])
-			res[codec+"_save_vs_dd"] = round3(f["save_mb_s"] / f["dd_mb_s"])
+			res[codec+"_save_vs_cp"] = scenario.Round3(f["save_mb_s"] / f["cp_vmcore_mb_s"])
+			res[codec+"_save_vs_dd"] = scenario.Round3(f["save_mb_s"] / f["dd_mb_s"])
 		}
 		env.Logf("bench %-4s: save %.0f MB/s of A's RAM (%.0f MiB saved, %.0f MiB free skipped -> %.1f MiB image); cp /proc/vmcore %.0f MB/s; raw writes %.0f MB/s",
 			codec, f["save_mb_s"], f["pages"]*4096/(1<<20), f["free_pages"]*4096/(1<<20), f["image_bytes"]/(1<<20), f["cp_vmcore_mb_s"], f["dd_mb_s"])

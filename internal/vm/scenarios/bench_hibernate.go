@@ -126,18 +126,18 @@ func runBenchHibernate(ctx context.Context, env *scenario.Env) (scenario.Result,
 			fmt.Sscan(fmt.Sprint(n), &swapped)
 			swapped /= 1024
 		}
-		res[phase+"_hibernate_s"] = round3(hib)
-		res[phase+"_resume_s"] = round3(v.At.Seconds())
-		res[phase+"_image_mib"] = round3(sizeMiB)
-		res[phase+"_swapped_out_mib"] = round3(swapped)
-		res[phase+"_written_mib"] = round3(sizeMiB + swapped)
+		res[phase+"_hibernate_s"] = scenario.Round3(hib)
+		res[phase+"_resume_s"] = scenario.Round3(v.At.Seconds())
+		res[phase+"_image_mib"] = scenario.Round3(sizeMiB)
+		res[phase+"_swapped_out_mib"] = scenario.Round3(swapped)
+		res[phase+"_written_mib"] = scenario.Round3(sizeMiB + swapped)
 		env.Logf("%-6s: hibernate %.1f s (command to power-off), resume %.1f s (power-on to workload verified), image %.1f MiB + %.1f MiB swapped out first",
 			phase, hib, v.At.Seconds(), sizeMiB, swapped)
 	}
 	ratio := func(k string) {
 		a, b := res["khib_"+k].(float64), res["swsusp_"+k].(float64)
 		if b > 0 {
-			res["khib_vs_swsusp_"+k] = round3(a / b)
+			res["khib_vs_swsusp_"+k] = scenario.Round3(a / b)
 		}
 	}
 	ratio("hibernate_s")

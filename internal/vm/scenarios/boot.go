@@ -69,8 +69,8 @@ func runBoot(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
 		delete(res, "uptime")
 		res["guest_uptime_s"] = up
 	}
-	res["boot_s"] = round3(booted.At.Seconds())
-	res["exit_s"] = round3(exit.At.Seconds())
+	res["boot_s"] = scenario.Round3(booted.At.Seconds())
+	res["exit_s"] = scenario.Round3(exit.At.Seconds())
 	for _, l := range m.Lines() {
 		if mm := linuxRE.FindStringSubmatch(l.Text); mm != nil {
 			res["kernel"] = strings.TrimSpace(mm[1])
@@ -79,5 +79,3 @@ func runBoot(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
 	}
 	return res, nil
 }
-
-func round3(f float64) float64 { return float64(int64(f*1000+0.5)) / 1000 }

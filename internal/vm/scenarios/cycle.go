@@ -1,7 +1,6 @@
 package scenarios
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io/fs"
@@ -11,8 +10,6 @@ import (
 	"regexp"
 	"strings"
 	"time"
-
-	"github.com/cespare/xxhash/v2"
 
 	"github.com/khib/khib/internal/image"
 	"github.com/khib/khib/internal/vm"
@@ -46,21 +43,38 @@ func init() {
 		},
 	})
 	scenario.Register(scenario.Scenario{
-		Name:        "resume-foreign",
-		Description: "the image claims another kernel build (build-id differs): it is refused and the machine boots normally",
-		Timeout:     20 * time.Minute,
+		Name: "resume-foreign",
+		Description: "the machine boots another build of the same kernel release (kernel/build.sh's bzImage-rebuilt, " +
+			"another build-id): the image is refused and the machine boots normally",
+		Timeout: 20 * time.Minute,
 		Run: func(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
-			return runCycles(ctx, env, 1, &tamper{name: "foreign", fn: forgeBuildID, want: "different kernel"})
+			other, err := rebuiltKernel(env.Kernel)
+			if err != nil {
+				return nil, err
+			}
+			return runCycles(ctx, env, 1, &tamper{name: "foreign", kernel: other, want: "different kernel"})
 		},
 	})
 }
 
-// tamper changes the image between hibernation and resume; the resume
-// must then be refused with a message containing want.
+// tamper changes the image, or the kernel that boots, between
+// hibernation and resume; the resume must then be refused with a message
+// containing want.
 type tamper struct {
-	name string
-	fn   func(disk string) (string, error)
-	want string
+	name   string
+	fn     func(disk string) (string, error) // changes the image, if set
+	kernel string                            // the kernel of the next boot, if set
+	want   string
+}
+
+// rebuiltKernel returns the second build kernel/build.sh leaves next to
+// the kernel: same source, config and release, another build-id.
+func rebuiltKernel(kernel string) (string, error) {
+	p := filepath.Join(filepath.Dir(kernel), "bzImage-rebuilt")
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("no second build of the kernel next to %s (%w): run kernel/build.sh, which makes it", kernel, err)
+	}
+	return p, nil
 }
 
 // cycleScript is A's init. On the first boot it starts the workload and
@@ -253,12 +267,19 @@ func runCycles(ctx context.Context, env *scenario.Env, cycles int, tp *tamper) (
 		say("hibernation %d: %.1f s from command to power-off, image %.1f MiB", c, hib[c-1], sizes[c-1])
 
 		if tp != nil {
-			what, err := tp.fn(imgDisk)
-			if err != nil {
-				return res, fmt.Errorf("%s: %w", tp.name, err)
+			if tp.fn != nil {
+				what, err := tp.fn(imgDisk)
+				if err != nil {
+					return res, fmt.Errorf("%s: %w", tp.name, err)
+				}
+				res["tampered"] = what
+				say("tampered with the image: %s", what)
 			}
-			res["tampered"] = what
-			say("tampered with the image: %s", what)
+			if tp.kernel != "" {
+				cfg.Kernel = tp.kernel
+				res["next_kernel"] = tp.kernel
+				say("the next boot runs another build of the kernel: %s", tp.kernel)
+			}
 			return res, checkRefused(ctx, env, cfg, tp, res)
 		}
 
@@ -317,10 +338,10 @@ func runCycles(ctx context.Context, env *scenario.Env, cycles int, tp *tamper) (
 	if countLines(m, restoreRE) != 0 || countLines(m, regexp.MustCompile(`already resumed from`)) != 1 {
 		return res, fmt.Errorf("the boot after the resume did not refuse the spent image")
 	}
-	res["hibernate_s"] = round3(median(hib))
-	res["resume_s"] = round3(median(resume))
-	res["away_s"] = round3(median(away))
-	res["image_mib"] = round3(median(sizes))
+	res["hibernate_s"] = scenario.Round3(median(hib))
+	res["resume_s"] = scenario.Round3(median(resume))
+	res["away_s"] = scenario.Round3(median(away))
+	res["image_mib"] = scenario.Round3(median(sizes))
 	if cycles > 1 {
 		res["hibernate_all_s"], res["resume_all_s"] = rounded(hib), rounded(resume)
 	}
@@ -349,6 +370,9 @@ func userCommands(machines []*vm.Machine, res scenario.Result) bool {
 	}
 	return ok
 }
+
+// foreignRE reads stage 1's reason for refusing another kernel's image.
+var foreignRE = regexp.MustCompile(`saved by (\S+) build ([0-9a-f]+), this is (\S+) build ([0-9a-f]+)`)
 
 // checkRefused boots after tampering: stage 1 must refuse with a reason
 // containing tp.want, C must never start, and the boot must be normal.
@@ -379,6 +403,14 @@ func checkRefused(ctx context.Context, env *scenario.Env, cfg vm.Config, tp *tam
 	res["message"] = strings.Join(msg, " ")
 	if len(msg) == 0 || !strings.Contains(res["message"].(string), tp.want) {
 		return fmt.Errorf("stage 1 did not refuse with %q; it said %q", tp.want, res["message"])
+	}
+	if tp.kernel != "" {
+		// Same release on both sides: the build-id alone told them apart.
+		mm := foreignRE.FindStringSubmatch(res["message"].(string))
+		if mm == nil || mm[1] != mm[3] || mm[2] == mm[4] {
+			return fmt.Errorf("the refusal does not show one release with two build-ids: %q", res["message"])
+		}
+		res["release"], res["image_build_id"], res["kernel_build_id"] = mm[1], mm[2], mm[4]
 	}
 	if countLines(m, restoreRE) != 0 || countLines(m, resumedRE) != 0 {
 		return fmt.Errorf("the restore helper ran or A came back despite the %s image", tp.name)
@@ -421,50 +453,10 @@ func corruptChunk(disk string) (string, error) {
 	return fmt.Sprintf("flipped byte at offset %#x in chunk %d", off, k), f.Sync()
 }
 
-// forgeBuildID makes the image look as if another build of the kernel had
-// written it: one hex digit of the build-id changes, and the metadata and
-// superblock checksums are recomputed so that only the build-id check can
-// catch it.
-func forgeBuildID(disk string) (string, error) {
-	f, err := os.OpenFile(disk, os.O_RDWR, 0)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	sb, err := image.ReadSuperblock(f)
-	if err != nil {
-		return "", err
-	}
-	region := make([]byte, (sb.MetaLen+image.PageSize-1)&^(image.PageSize-1))
-	if _, err := f.ReadAt(region, int64(sb.MetaOff)); err != nil {
-		return "", err
-	}
-	key := []byte(`"build_id":"`)
-	i := bytes.Index(region[:sb.MetaLen], key)
-	if i < 0 {
-		return "", fmt.Errorf("no build_id in the metadata")
-	}
-	j := i + len(key)
-	old := string(region[j : j+40])
-	if region[j] == 'f' {
-		region[j] = '0'
-	} else {
-		region[j] = 'f'
-	}
-	sb.MetaHash = xxhash.Sum64(region)
-	if _, err := f.WriteAt(region, int64(sb.MetaOff)); err != nil {
-		return "", err
-	}
-	if _, err := f.WriteAt(sb.Marshal(), 0); err != nil {
-		return "", err
-	}
-	return fmt.Sprintf("build-id %s -> %s", old, string(region[j:j+40])), f.Sync()
-}
-
 func rounded(v []float64) []float64 {
 	out := make([]float64, len(v))
 	for i, x := range v {
-		out[i] = round3(x)
+		out[i] = scenario.Round3(x)
 	}
 	return out
 }

@@ -133,7 +133,7 @@ func hibernateOnce(ctx context.Context, env *scenario.Env, name string, arm bool
 	if countLines(m, imageCompleted) != 1 {
 		return m, nil, fmt.Errorf("%s: the helper did not report a complete image", name)
 	}
-	res := scenario.Result{"hibernate_s": round3((exit.At - start.At).Seconds())}
+	res := scenario.Result{"hibernate_s": scenario.Round3((exit.At - start.At).Seconds())}
 	return m, res, nil
 }
 
@@ -209,10 +209,10 @@ func checkImage(env *scenario.Env, m *vm.Machine, disk, name string, res scenari
 		return fmt.Errorf("%s: only %d MiB of A's free memory was recognised as free; the workload alone freed %d MiB", name, free*4096>>20, garbageMiB)
 	}
 	res[name+"_free_mib"] = free * 4096 >> 20
-	res[name+"_image_mib"] = round3(float64(ins.ImageBytes) / (1 << 20))
+	res[name+"_image_mib"] = scenario.Round3(float64(ins.ImageBytes) / (1 << 20))
 	res[name+"_pages"] = ins.Pages
 	res[name+"_zero_pages"] = ins.ZeroPages
-	res[name+"_ratio"] = round3(ins.Ratio)
+	res[name+"_ratio"] = scenario.Round3(ins.Ratio)
 	n, err := checkWorkloadPages(disk, figureString(scenario.Figures(m), "pfns"), true)
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)

@@ -198,10 +198,10 @@ func checkRoundtrip(env *scenario.Env, m *vm.Machine, fig, res scenario.Result) 
 		return fmt.Errorf("workload verified %d times, want %d", n, roundtripRounds)
 	}
 	res["roundtrips"] = roundtripRounds
-	res["fresh_median_s"] = round3(median(freshHost))
-	res["resumed_median_s"] = round3(median(resumedHost))
-	res["fresh_median_a_s"] = round3(median(freshA))
-	res["resumed_median_a_s"] = round3(median(resumedA))
+	res["fresh_median_s"] = scenario.Round3(median(freshHost))
+	res["resumed_median_s"] = scenario.Round3(median(resumedHost))
+	res["fresh_median_a_s"] = scenario.Round3(median(freshA))
+	res["resumed_median_a_s"] = scenario.Round3(median(resumedA))
 	res["cpus"] = cpus0
 	if env.Demo {
 		env.Logf("5 round trips A -> helper -> A passed; workload memory and counter verified after each")
