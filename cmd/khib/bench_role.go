@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -166,7 +167,7 @@ func benchMakedumpfile(dev *os.File, ramBytes int64, figs map[string]any) error 
 }
 
 // toolLog collects what a tool prints, without its progress redraws:
-// its lines, up to 64 of them.
+// its last 64 lines.
 type toolLog struct {
 	partial []byte
 	lines   []string
@@ -182,8 +183,11 @@ func (t *toolLog) Write(p []byte) (int, error) {
 		}
 		l := strings.TrimSpace(string(t.partial))
 		t.partial = t.partial[:0]
-		if l != "" && !strings.Contains(l, "%]") && len(t.lines) < 64 {
+		if l != "" && !strings.Contains(l, "%]") {
 			t.lines = append(t.lines, l)
+			if len(t.lines) > 64 {
+				t.lines = t.lines[1:]
+			}
 		}
 	}
 	return len(p), nil
@@ -192,7 +196,7 @@ func (t *toolLog) Write(p []byte) (int, error) {
 // Lines returns the complete lines seen, and the unfinished one.
 func (t *toolLog) Lines() []string {
 	if l := strings.TrimSpace(string(t.partial)); l != "" && !strings.Contains(l, "%]") {
-		return append(t.lines, l)
+		return append(slices.Clip(t.lines), l)
 	}
 	return t.lines
 }

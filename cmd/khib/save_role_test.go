@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"reflect"
 	"slices"
 	"testing"
@@ -67,10 +68,10 @@ func TestToolLog(t *testing.T) {
 		})
 	}
 	var l toolLog
-	for range 100 {
-		l.Write([]byte("line\n"))
+	for i := range 100 {
+		fmt.Fprintf(&l, "line %d\n", i)
 	}
-	if n := len(l.Lines()); n != 64 {
-		t.Errorf("kept %d lines, want 64", n)
+	if got := l.Lines(); len(got) != 64 || got[0] != "line 36" || got[63] != "line 99" {
+		t.Errorf("kept %d lines, %q to %q; want the last 64", len(got), got[0], got[len(got)-1])
 	}
 }
