@@ -41,11 +41,8 @@ func cmdCheck(args []string) int {
 	fresh := fs.Bool("fresh", false, "with --jump: unload a parked helper and boot a new one")
 	kernel := fs.String("kernel", helper.DefaultKernel(), "the helper kernel (bzImage)")
 	fs.Usage = func() { fmt.Fprint(os.Stderr, checkHelp); fs.PrintDefaults() }
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	if code, ok := parseFlags(fs, args); !ok {
+		return code
 	}
 	if *jump {
 		return checkJump(*kernel, *fresh, *asJSON)
@@ -168,11 +165,8 @@ func cmdArm(args []string) int {
 	fs := flag.NewFlagSet("arm", flag.ContinueOnError)
 	kernel := fs.String("kernel", helper.DefaultKernel(), "the helper kernel (bzImage)")
 	fs.Usage = func() { fmt.Fprint(os.Stderr, armHelp); fs.PrintDefaults() }
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	if code, ok := parseFlags(fs, args); !ok {
+		return code
 	}
 	if os.Geteuid() != 0 {
 		return fail("arm: must run as root")
@@ -218,11 +212,8 @@ func cmdStatus(args []string) int {
 		fmt.Fprint(os.Stderr, "Usage: khib status [--json]\n\nSay whether a helper is loaded or parked (armed), and how much of A's memory its loaded segments cost.\n\nOptions:\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	if code, ok := parseFlags(fs, args); !ok {
+		return code
 	}
 	st, err := helper.Current()
 	if err != nil {

@@ -58,11 +58,8 @@ func cmdHibernate(args []string) int {
 	bench := fs.Bool("bench", false, "benchmark: save, then time a plain copy of /proc/vmcore, raw writes and, when A has it,\nmakedumpfile -d 17 to DEV (overwriting the image), and jump back")
 	kernel := fs.String("kernel", helper.DefaultKernel(), "the helper kernel (bzImage), when no helper is armed")
 	fs.Usage = func() { fmt.Fprint(os.Stderr, hibernateHelp); fs.PrintDefaults() }
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	if code, ok := parseFlags(fs, args); !ok {
+		return code
 	}
 	if *dev == "" || fs.NArg() > 0 {
 		fmt.Fprintln(os.Stderr, "khib hibernate: --target DEV is required (see khib hibernate --help)")
@@ -148,8 +145,7 @@ func hibernate(res *hibernateResult, dev, codec string, ret bool, load helper.Op
 	}
 
 	for attempt := 0; ; attempt++ {
-		// A helper armed earlier lacks any extra files: boot one that has them.
-		st, booted, err := helper.Ready(load, len(load.Extra) > 0)
+		st, booted, err := helper.Ready(load, false)
 		if err != nil {
 			return err
 		}

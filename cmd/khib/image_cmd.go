@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -36,11 +35,8 @@ func cmdImage(args []string) int {
 	fs := flag.NewFlagSet("image "+sub, flag.ContinueOnError)
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	fs.Usage = func() { fmt.Fprint(os.Stderr, imageHelp) }
-	if err := fs.Parse(args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	if code, ok := parseFlags(fs, args[1:]); !ok {
+		return code
 	}
 	if fs.NArg() != 1 || (sub != "inspect" && sub != "verify") {
 		fmt.Fprint(os.Stderr, imageHelp)

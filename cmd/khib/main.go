@@ -4,6 +4,8 @@
 package main
 
 import (
+	"errors"
+	"flag"
 	"fmt"
 	"os"
 )
@@ -71,4 +73,17 @@ func main() {
 func fail(format string, a ...any) int {
 	fmt.Fprintf(os.Stderr, "khib: "+format+"\n", a...)
 	return 1
+}
+
+// parseFlags parses a subcommand's arguments. When ok is false the
+// command is over and exits with code: 0 after --help, 2 after a bad flag,
+// which the flag package has reported with the usage text.
+func parseFlags(fs *flag.FlagSet, args []string) (code int, ok bool) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, false
+		}
+		return 2, false
+	}
+	return 0, true
 }

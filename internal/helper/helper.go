@@ -101,10 +101,12 @@ func Initramfs(exe string, extra ...string) ([]byte, error) {
 	}
 	var buf bytes.Buffer
 	w := cpio.NewWriter(&buf)
+	dirs := map[string]bool{} // made so far, by absolute path
 	for _, d := range []string{"dev", "proc", "sys", "run", "tmp", "mnt"} {
 		if err := w.Dir(d, 0o755); err != nil {
 			return nil, err
 		}
+		dirs["/"+d] = true
 	}
 	// The kernel opens /dev/console for init before devtmpfs is mounted.
 	if err := w.CharDev("dev/console", 0o600, 5, 1); err != nil {
@@ -113,7 +115,6 @@ func Initramfs(exe string, extra ...string) ([]byte, error) {
 	if err := w.File("init", 0o755, bin); err != nil {
 		return nil, err
 	}
-	dirs := map[string]bool{"/dev": true, "/proc": true, "/sys": true, "/run": true, "/tmp": true, "/mnt": true}
 	for _, p := range extra {
 		if !path.IsAbs(p) {
 			return nil, fmt.Errorf("helper initramfs: %q is not an absolute path", p)
@@ -336,13 +337,14 @@ func Load(o Options) (*State, *kexec.HelperPlan, error) {
 }
 
 // Ready returns the helper to jump into: the parked one, unless fresh is
-// asked for; otherwise, after unloading whatever is loaded, a newly loaded
-// one. booted says whether the jump will boot it.
+// asked for or o has extra files, which a parked helper lacks; otherwise,
+// after unloading whatever is loaded, a newly loaded one. booted says
+// whether the jump will boot it.
 func Ready(o Options, fresh bool) (st *State, booted bool, err error) {
 	if st, err = Current(); err != nil {
 		return nil, false, err
 	}
-	if st != nil && !fresh && st.Parked() {
+	if st != nil && !fresh && len(o.Extra) == 0 && st.Parked() {
 		return st, false, nil
 	}
 	if st != nil {

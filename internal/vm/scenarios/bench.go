@@ -39,7 +39,7 @@ poweroff -f
 
 func runBenchSave(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
 	mib := workloadMiB(env, 400)
-	script := strings.NewReplacer("@MIB@", fmt.Sprint(mib), "@SEED@", fmt.Sprint(workloadSeed), "@GARBAGE@", fmt.Sprint(garbageMiB)).Replace(benchScript)
+	script := workloadScript(benchScript, mib)
 	rfs, err := khibGuest(env, script)
 	if err != nil {
 		return nil, err

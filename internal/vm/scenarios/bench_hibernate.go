@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"regexp"
-	"strings"
 	"time"
 
 	"github.com/khib/khib/internal/vm"
@@ -59,7 +58,7 @@ var (
 
 func runBenchHibernate(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
 	mib := workloadMiB(env, 400)
-	script := strings.NewReplacer("@MIB@", fmt.Sprint(mib), "@SEED@", fmt.Sprint(workloadSeed), "@GARBAGE@", fmt.Sprint(garbageMiB)).Replace(benchHibScript)
+	script := workloadScript(benchHibScript, mib)
 	rfs, err := khibGuest(env, script)
 	if err != nil {
 		return nil, err

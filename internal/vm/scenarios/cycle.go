@@ -144,8 +144,7 @@ var (
 )
 
 func cycleRootfs(env *scenario.Env, cycles int) (string, error) {
-	script := strings.NewReplacer("@MIB@", fmt.Sprint(workloadMiB(env, 256)), "@SEED@", fmt.Sprint(workloadSeed),
-		"@CYCLES@", fmt.Sprint(cycles), "@GARBAGE@", fmt.Sprint(garbageMiB)).Replace(cycleScript)
+	script := workloadScript(cycleScript, workloadMiB(env, 256), "@CYCLES@", fmt.Sprint(cycles))
 	rfs, err := khibGuest(env, script)
 	if err != nil {
 		return "", err

@@ -56,6 +56,22 @@ func khibGuest(env *scenario.Env, script string) (*vm.Rootfs, error) {
 	return rfs, nil
 }
 
+// workloadMiB is the workload size the scenario was asked for, or def.
+func workloadMiB(env *scenario.Env, def int) int {
+	if env.WorkloadMiB > 0 {
+		return env.WorkloadMiB
+	}
+	return def
+}
+
+// workloadScript fills a guest script's placeholders: @MIB@ with mib,
+// @SEED@ and @GARBAGE@ with the scenarios' workload seed and freed
+// garbage, and any more old, new pairs given.
+func workloadScript(tmpl string, mib int, more ...string) string {
+	pairs := append([]string{"@MIB@", fmt.Sprint(mib), "@SEED@", fmt.Sprint(workloadSeed), "@GARBAGE@", fmt.Sprint(garbageMiB)}, more...)
+	return strings.NewReplacer(pairs...).Replace(tmpl)
+}
+
 // runGuest boots A once from initrd with the given command line and
 // disks, and waits until its script reports it is done and the machine
 // has powered off.

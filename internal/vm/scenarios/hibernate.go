@@ -86,16 +86,9 @@ var (
 	imageCompleted = regexp.MustCompile(`khib-helper: image complete on`)
 )
 
-func workloadMiB(env *scenario.Env, def int) int {
-	if env.WorkloadMiB > 0 {
-		return env.WorkloadMiB
-	}
-	return def
-}
-
 func hibernateGuest(env *scenario.Env, name string, arm bool, after string) (string, error) {
-	script := strings.NewReplacer("@MIB@", fmt.Sprint(workloadMiB(env, 400)), "@SEED@", fmt.Sprint(workloadSeed), "@GARBAGE@", fmt.Sprint(garbageMiB),
-		"@ARM@", map[bool]string{true: "khib arm || fail arm", false: ""}[arm], "@AFTER@", after).Replace(hibernateScript)
+	script := workloadScript(hibernateScript, workloadMiB(env, 400),
+		"@ARM@", map[bool]string{true: "khib arm || fail arm", false: ""}[arm], "@AFTER@", after)
 	rfs, err := khibGuest(env, script)
 	if err != nil {
 		return "", err

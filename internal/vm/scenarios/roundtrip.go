@@ -36,7 +36,7 @@ khib check || fail check
 khib check --jump --kernel /bin/busybox 2>/tmp/err; echo "KHIBVM:bad_kernel_rc=$? bad_kernel_lines=$(wc -l </tmp/err)"; sed 's/^/khibvm-stderr bad_kernel: /' /tmp/err
 khib-workload runas 65534 /bin/khib check --jump 2>/tmp/err; echo "KHIBVM:nonroot_rc=$? nonroot_lines=$(wc -l </tmp/err)"; sed 's/^/khibvm-stderr nonroot: /' /tmp/err
 echo "KHIBVM:loaded_after_bad_input=$(cat /sys/kernel/kexec_loaded)"
-khib-workload start --mib @MIB@ --seed 42 || fail workload
+khib-workload start --mib @MIB@ --seed @SEED@ || fail workload
 for i in 1 2 3 4 5; do
 	if [ $i = 5 ]; then khib disarm || fail disarm; fi
 	khib check --jump --json >/tmp/jump.json || { cat /tmp/jump.json; fail jump$i; }
@@ -68,11 +68,8 @@ type jumpJSON struct {
 }
 
 func runRoundtrip(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
-	mib := env.WorkloadMiB
-	if mib == 0 {
-		mib = 256
-	}
-	rfs, err := khibGuest(env, strings.ReplaceAll(roundtripScript, "@MIB@", fmt.Sprint(mib)))
+	mib := workloadMiB(env, 256)
+	rfs, err := khibGuest(env, workloadScript(roundtripScript, mib))
 	if err != nil {
 		return nil, err
 	}
