@@ -13,7 +13,7 @@ STATIC  := CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w"
 
 # Each entry is scenario[:flags], flags joined with commas.
 VM_TESTS := check-refusals roundtrip:--smp,1 roundtrip:--smp,2 hibernate hibernate-too-small hibernate-write-error hibernate-no-device \
-            cycle cycle:--smp,2 cycles resume-corrupt resume-foreign
+            cycle cycle:--smp,2 cycle-loopback cycles resume-corrupt resume-foreign
 
 .PHONY: all deps kernel bins demo test test-unit test-vm lint fuzz bench bench-save bench-hibernate clean
 

@@ -100,8 +100,6 @@ func ReadInfo(v Vmcoreinfo) (Info, error) {
 		return in, fmt.Errorf("pages: %d mem_section roots out of range", in.MemSectionRoots)
 	case in.MaxOrder > 20 || orders == 0:
 		return in, fmt.Errorf("pages: %d page orders out of range", orders)
-	case in.L5:
-		return in, errors.New("pages: 5-level page tables are not supported yet")
 	}
 	return in, nil
 }
@@ -178,18 +176,30 @@ func (w *walker) imagePhys(v uint64) (uint64, error) {
 	return v - startKernelMap + w.in.PhysBase, nil
 }
 
+// The table levels, by the virtual-address bit each one indexes from:
+// with 5-level paging (pgtable_l5_enabled, on CPUs with LA57 and kernels
+// with X86_5LEVEL, as distro kernels are) init_top_pgt is the PML5 and one
+// more level sits above the PGD.
+var (
+	levels4 = []uint{39, 30, 21, 12}
+	levels5 = []uint{48, 39, 30, 21, 12}
+)
+
 // phys translates any of A's kernel virtual addresses through A's page
-// tables (4 levels; 1 GiB and 2 MiB pages allowed).
+// tables (4 or 5 levels; 1 GiB and 2 MiB pages allowed).
 func (w *walker) phys(v uint64) (uint64, error) {
-	pgd, err := w.imagePhys(w.in.InitTopPgt)
+	top, err := w.imagePhys(w.in.InitTopPgt)
 	if err != nil {
 		return 0, err
 	}
 	const present, large = 1, 1 << 7
 	const addrMask = 0x000ffffffffff000
-	table := pgd
-	shifts := []uint{39, 30, 21, 12}
-	for level, shift := range shifts {
+	shifts := levels4
+	if w.in.L5 {
+		shifts = levels5
+	}
+	table := top
+	for _, shift := range shifts {
 		e, err := w.u64(table + ((v>>shift)&511)*8)
 		if err != nil {
 			return 0, fmt.Errorf("pages: reading page table for %#x: %w", v, err)
@@ -197,13 +207,15 @@ func (w *walker) phys(v uint64) (uint64, error) {
 		if e&present == 0 {
 			return 0, fmt.Errorf("pages: %#x is not mapped in A", v)
 		}
-		if level == 3 || (level > 0 && e&large != 0) {
+		// PS marks a leaf only in the PUD (1 GiB) and PMD (2 MiB); a PTE
+		// is always one.
+		if shift == 12 || ((shift == 30 || shift == 21) && e&large != 0) {
 			size := uint64(1) << shift
 			return (e&addrMask)&^(size-1) | v&(size-1), nil
 		}
 		table = e & addrMask
 	}
-	panic("unreachable")
+	return 0, fmt.Errorf("pages: no leaf for %#x in A's page tables", v)
 }
 
 // FreeRange is a block of pages free in A: [Start, Start+Count) in page

@@ -29,6 +29,17 @@ const (
 // root and one present section, and struct pages (64 bytes each) for the
 // 4096 page frames, with the given buddy heads (pfn -> order).
 func fakeA(t *testing.T, heads map[uint64]uint64) (fakeMem, Info) {
+	return fakeAPaging(t, heads, false)
+}
+
+// pageOffset5 is where a 5-level kernel's direct map starts
+// (__PAGE_OFFSET_BASE_L5, before KASLR moves it).
+const pageOffset5 = 0xff11000000000000
+
+// fakeAPaging is fakeA with 4- or 5-level page tables; with 5 levels the
+// direct map is at pageOffset5 and init_top_pgt is a PML5 whose entry
+// points at a P4D.
+func fakeAPaging(t *testing.T, heads map[uint64]uint64, l5 bool) (fakeMem, Info) {
 	t.Helper()
 	mem := make(fakeMem, 16<<20)
 	le := binary.LittleEndian
@@ -38,12 +49,20 @@ func fakeA(t *testing.T, heads map[uint64]uint64) (fakeMem, Info) {
 		MemSectionRoots: 2048, MemSectionSize: 16, SectionMemMap: 0, SectionSizeBits: 27,
 		PageStructSize: 64, OffMapcount: 48, OffPrivate: 40, BuddyType: 0xf0 << 24, MaxOrder: 10,
 	}
+	off := uint64(pageOffset)
 	pgd, pud := uint64(physBase+0x1000), uint64(physBase+0x3000)
-	le.PutUint64(mem[pgd+((pageOffset>>39)&511)*8:], pud|1)
-	le.PutUint64(mem[pud+((pageOffset>>30)&511)*8:], 0|1|1<<7) // 1 GiB page at 0
+	if l5 {
+		off = pageOffset5
+		in.L5, in.MemSection = true, off+physBase+0x4000
+		pml5 := uint64(physBase + 0x6000)
+		in.InitTopPgt = startKernelMap + 0x6000
+		le.PutUint64(mem[pml5+((off>>48)&511)*8:], pgd|1)
+	}
+	le.PutUint64(mem[pgd+((off>>39)&511)*8:], pud|1)
+	le.PutUint64(mem[pud+((off>>30)&511)*8:], 0|1|1<<7) // 1 GiB page at 0
 	roots, root0 := uint64(physBase+0x4000), uint64(physBase+0x5000)
-	le.PutUint64(mem[roots:], pageOffset+root0)
-	le.PutUint64(mem[root0:], (pageOffset+memMapPhys)|3) // section 0: present, has mem map
+	le.PutUint64(mem[roots:], off+root0)
+	le.PutUint64(mem[root0:], (off+memMapPhys)|3) // section 0: present, has mem map
 	for pfn := uint64(0); pfn < 4096; pfn++ {
 		sp := mem[memMapPhys+pfn*64:]
 		le.PutUint32(sp[48:], 0xffffffff) // no page type
@@ -82,6 +101,25 @@ func TestFree(t *testing.T) {
 				t.Fatalf("Free = %v, want %v", got, tc.want)
 			}
 		})
+	}
+}
+
+func TestFreeFiveLevel(t *testing.T) {
+	heads := map[uint64]uint64{1024: 3, 2048: 10}
+	want := []FreeRange{{1024, 8}, {2048, 1024}}
+	mem, in := fakeAPaging(t, heads, true)
+	got, err := Free(mem, in, 0, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("Free with 5-level tables = %v, want %v", got, want)
+	}
+	// The same memory read as 4-level finds nothing mapped: the walk
+	// really follows the extra level.
+	in.L5 = false
+	if _, err := Free(mem, in, 0, 4096); err == nil {
+		t.Fatal("5-level tables walked as 4-level succeeded")
 	}
 }
 
@@ -133,7 +171,7 @@ func TestReadInfo(t *testing.T) {
 		key string
 		val int64
 	}{
-		{"SIZE(page)", 4}, {"NUMBER(pgtable_l5_enabled)", 1}, {"LENGTH(zone.free_area)", 0}, {"PAGESIZE", 65536},
+		{"SIZE(page)", 4}, {"LENGTH(zone.free_area)", 0}, {"PAGESIZE", 65536},
 	} {
 		bad := fakeInfo{}
 		for k, v := range good {

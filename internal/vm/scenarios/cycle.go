@@ -27,6 +27,19 @@ func init() {
 		},
 	})
 	scenario.Register(scenario.Scenario{
+		Name: "cycle-loopback",
+		Description: "cycle with a server on loopback started by --before (busybox httpd on 127.0.0.1:8080, " +
+			"reached by name through /etc/hosts) that answers with the same page after the resume (--after)",
+		Timeout: 20 * time.Minute,
+		Run: func(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
+			if env.Before == "" && env.After == "" {
+				env.Before = loopbackBefore
+				env.After = loopbackAfter
+			}
+			return runCycles(ctx, env, 1, nil)
+		},
+	})
+	scenario.Register(scenario.Scenario{
 		Name:        "cycles",
 		Description: "3 hibernate/resume cycles in a row, each in a new QEMU process",
 		Timeout:     30 * time.Minute,
@@ -56,6 +69,24 @@ func init() {
 		},
 	})
 }
+
+// loopbackBefore starts a web server on 127.0.0.1 and fetches a page
+// from it by the name localhost; loopbackAfter, after the resume, fetches
+// it again from the same server process and checks it is the same page.
+const (
+	loopbackBefore = `set -e
+mkdir -p /tmp/www
+head -c 4096 /dev/urandom | md5sum | cut -d' ' -f1 >/tmp/www/index.html
+httpd -p 127.0.0.1:8080 -h /tmp/www
+sleep 1
+wget -q -O /tmp/page.before http://localhost:8080/index.html
+cmp /tmp/page.before /tmp/www/index.html
+echo "served $(cat /tmp/page.before) on 127.0.0.1:8080"`
+	loopbackAfter = `set -e
+wget -q -O /tmp/page.after http://127.0.0.1:8080/index.html
+cmp /tmp/page.before /tmp/page.after
+echo "still served $(cat /tmp/page.after) after the resume"`
+)
 
 // tamper changes the image, or the kernel that boots, between
 // hibernation and resume; the resume must then be refused with a message

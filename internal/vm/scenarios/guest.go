@@ -51,6 +51,8 @@ func khibGuest(env *scenario.Env, script string) (*vm.Rootfs, error) {
 	if err := rfs.AddHostFile("/boot/vmlinuz-"+release, env.Kernel); err != nil {
 		return nil, err
 	}
+	rfs.AddFile("/etc/hosts", 0o644, []byte("127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tkhib-a\n"))
+	rfs.AddFile("/etc/hostname", 0o644, []byte("khib-a\n"))
 	rfs.AddFile("/etc/passwd", 0o644, []byte("root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"))
 	rfs.AddFile("/scenario.sh", 0o755, []byte(script))
 	return rfs, nil
@@ -122,6 +124,9 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 fail() { echo "KHIBVM:failed_step=$1"; echo "KHIBVM:guest_done=fail"; poweroff -f; sleep 30; }
 read up idle < /proc/uptime
 echo "KHIBVM:a_up_s=$up"
+# Loopback, as any real system has it: servers started by --before listen
+# on 127.0.0.1 (the kernel gives lo its address when it comes up).
+ip link set lo up || fail loopback
 `
 
 var iomemRangeRE = regexp.MustCompile(`^([0-9a-f]+)-([0-9a-f]+)$`)
