@@ -102,6 +102,8 @@ func runFlags(o *runOpts, out io.Writer) *flag.FlagSet {
 	fs.BoolVar(&o.opts.Demo, "demo", false, "narrate the run for a human audience (scenarios that support it)")
 	fs.StringVar(&o.opts.Overlay, "overlay", "", "cycle: add this directory's files to A's root filesystem (same paths)")
 	fs.StringVar(&o.opts.Before, "before", "", "cycle: shell command run in A before hibernating (may start servers)")
+	fs.StringVar(&o.opts.GuestDisk, "guest-disk", "", "distro-*: the Debian guest's disk image (the output of scripts/guest-image.sh); it is copied, never written")
+	fs.StringVar(&o.opts.Deb, "deb", "", "distro-*: khib's Debian package, installed in the guest with dpkg -i (make deb)")
 	fs.StringVar(&o.opts.After, "after", "", "cycle: shell command run in A after it resumed; ok needs both to exit 0")
 	return fs
 }

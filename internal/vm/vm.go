@@ -39,7 +39,7 @@ type Disk struct {
 
 // Config describes one QEMU run.
 type Config struct {
-	Kernel string // bzImage
+	Kernel string // bzImage; empty: boot the first disk through its boot loader
 	Initrd string // cpio archive, optionally gzipped
 	Append string // kernel command line; see DefaultAppend
 	MemMiB int    // default 1024
@@ -157,8 +157,8 @@ func Start(ctx context.Context, cfg Config) (*Machine, error) {
 	}
 	for _, f := range []struct{ what, path string }{{"kernel", cfg.Kernel}, {"initrd", cfg.Initrd}} {
 		if f.path == "" {
-			if f.what == "kernel" {
-				return nil, errors.New("vm: no kernel given")
+			if f.what == "kernel" && len(cfg.Disks) == 0 {
+				return nil, errors.New("vm: no kernel and no disk to boot from")
 			}
 			continue
 		}
@@ -210,7 +210,11 @@ func Args(cfg Config, accel string) []string {
 		"-chardev", "stdio,id=con0,signal=off", "-serial", "chardev:con0",
 		"-machine", cfg.Machine, "-accel", accel, "-cpu", cfg.CPU,
 		"-m", strconv.Itoa(cfg.MemMiB), "-smp", strconv.Itoa(cfg.SMP),
-		"-kernel", cfg.Kernel,
+	}
+	// Without a kernel the machine boots from its first disk, through
+	// the firmware and the boot loader installed there.
+	if cfg.Kernel != "" {
+		a = append(a, "-kernel", cfg.Kernel)
 	}
 	if cfg.Initrd != "" {
 		a = append(a, "-initrd", cfg.Initrd)

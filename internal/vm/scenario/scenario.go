@@ -107,6 +107,11 @@ type Options struct {
 	// before hibernating, a command run after resuming.
 	Overlay       string
 	Before, After string
+	// GuestDisk and Deb are for the scenarios on the Debian guest: its
+	// disk image as scripts/guest-image.sh built it (next to it, disk.json
+	// describes the partitions) and khib's .deb.
+	GuestDisk string
+	Deb       string
 }
 
 // Env is what a running scenario works with.

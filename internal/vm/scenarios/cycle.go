@@ -3,6 +3,7 @@ package scenarios
 import (
 	"context"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -453,13 +454,25 @@ func checkRefused(ctx context.Context, env *scenario.Env, cfg vm.Config, tp *tam
 
 // corruptChunk flips one byte in the middle of a chunk's page data.
 func corruptChunk(disk string) (string, error) {
+	return corruptChunkIn(disk, 0, -1)
+}
+
+// corruptChunkIn is corruptChunk for an image that starts at byte base of
+// disk and is size bytes long (-1: to the end), a partition say.
+func corruptChunkIn(disk string, base, size int64) (string, error) {
 	f, err := os.OpenFile(disk, os.O_RDWR, 0)
 	if err != nil {
 		return "", err
 	}
 	defer f.Close()
-	st, _ := f.Stat()
-	rd, err := image.Open(f, st.Size())
+	if size < 0 {
+		st, err := f.Stat()
+		if err != nil {
+			return "", err
+		}
+		size = st.Size() - base
+	}
+	rd, err := image.Open(io.NewSectionReader(f, base, size), size)
 	if err != nil {
 		return "", err
 	}
@@ -471,7 +484,7 @@ func corruptChunk(disk string) (string, error) {
 	c := chunks[k]
 	// The payload follows the 32-byte chunk header (docs/image-format.md);
 	// flip a byte in its middle.
-	off := int64(c.Offset) + 32 + int64(c.Stored)/2
+	off := base + int64(c.Offset) + 32 + int64(c.Stored)/2
 	b := make([]byte, 1)
 	if _, err := f.ReadAt(b, off); err != nil {
 		return "", err
