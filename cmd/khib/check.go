@@ -39,7 +39,7 @@ func cmdCheck(args []string) int {
 	asJSON := fs.Bool("json", false, "print one JSON object instead of text")
 	jump := fs.Bool("jump", false, "jump into the helper kernel and back")
 	fresh := fs.Bool("fresh", false, "with --jump: unload a parked helper and boot a new one")
-	kernel := fs.String("kernel", helper.DefaultKernel(), "the helper kernel (bzImage)")
+	kernel := fs.String("kernel", defaultHelperKernel(), "the helper kernel (bzImage)")
 	fs.Usage = func() { fmt.Fprint(os.Stderr, checkHelp); fs.PrintDefaults() }
 	if code, ok := parseFlags(fs, args); !ok {
 		return code
@@ -163,7 +163,7 @@ Options:
 
 func cmdArm(args []string) int {
 	fs := flag.NewFlagSet("arm", flag.ContinueOnError)
-	kernel := fs.String("kernel", helper.DefaultKernel(), "the helper kernel (bzImage)")
+	kernel := fs.String("kernel", defaultHelperKernel(), "the helper kernel (bzImage)")
 	fs.Usage = func() { fmt.Fprint(os.Stderr, armHelp); fs.PrintDefaults() }
 	if code, ok := parseFlags(fs, args); !ok {
 		return code

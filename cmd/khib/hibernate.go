@@ -8,20 +8,36 @@ import (
 	"os"
 	"strings"
 
+	"github.com/khib/khib/internal/config"
 	"github.com/khib/khib/internal/helper"
 	"github.com/khib/khib/internal/image"
 	"github.com/khib/khib/internal/mailbox"
 	"github.com/khib/khib/internal/target"
 )
 
-const hibernateHelp = `Usage: khib hibernate --target DEV [--codec s2|zstd|none] [--return] [--json] [--kernel FILE]
+const hibernateHelp = `Usage: khib hibernate [--target SPEC] [--codec s2|zstd|none] [--return] [--json] [--kernel FILE]
+       khib hibernate --systemd [--target SPEC] [--codec ...] [--kernel FILE]
 
 Hibernate this system: jump into khib's helper kernel, which saves this
-system's memory as a verified image on DEV and powers the machine off.
+system's memory as a verified image on the target and powers the machine off.
 
-DEV is a raw block device (a partition or a whole disk) that this system
-does not use: khib refuses one that is mounted, used as swap, or held by
-another device. Whatever DEV held before is overwritten.
+The target is a raw block device (a partition or a whole disk) that this
+system does not use: khib refuses one that is mounted, used as swap, or held
+by another device. Whatever it held before is overwritten. SPEC is a /dev
+path or UUID=, PARTUUID=, LABEL=, PARTLABEL=; without --target, khib takes
+target (and codec and helper_kernel, unless given) from /etc/khib.conf,
+which khib configure writes.
+
+--systemd is what systemd-hibernate.service runs in place of
+'systemd-sleep hibernate' once khib's package is installed, so that
+'systemctl hibernate' (and logind's hibernate key and idle actions) use
+khib. In that mode khib also does systemd-sleep's part: it runs every
+executable in /usr/lib/systemd/system-sleep/ and /etc/systemd/system-sleep/
+with "pre hibernate" before and "post hibernate" after (in parallel, 90 s
+each, failures ignored, SYSTEMD_SLEEP_ACTION=hibernate), logs "entering
+hibernation" and "system resumed" lines to the journal, re-arms a helper
+that was armed before, and exits 1 with the reason if the hibernation
+failed (the system then keeps running and the unit is marked failed).
 
 If a helper is armed (khib arm), the jump resumes it and no kernel boots;
 otherwise khib boots one first. If anything goes wrong in the helper (no
@@ -50,26 +66,64 @@ type hibernateResult struct {
 
 func cmdHibernate(args []string) int {
 	fs := flag.NewFlagSet("hibernate", flag.ContinueOnError)
-	dev := fs.String("target", "", "the block device for the image (required)")
-	codec := fs.String("codec", "s2", "compression: s2 (fast), zstd (smaller), none")
+	spec := fs.String("target", "", "the block device for the image: a /dev path, UUID=, PARTUUID=, LABEL= or PARTLABEL=\n(default: target in /etc/khib.conf)")
+	codec := fs.String("codec", "s2", "compression: s2 (fast), zstd (smaller), none (default: codec in /etc/khib.conf, else s2)")
+	systemdMode := fs.Bool("systemd", false, "run as systemd-hibernate.service: system-sleep hooks around, journal lines, no --return")
 	ret := fs.Bool("return", false, "after saving, jump back instead of powering off (snapshot and go on)")
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	noFilter := fs.Bool("no-filter", false, "save free pages too (by default the helper skips the pages A's buddy allocator has free)")
 	bench := fs.Bool("bench", false, "benchmark: save, then time a plain copy of /proc/vmcore, raw writes and, when A has it,\nmakedumpfile -d 17 to DEV (overwriting the image), and jump back")
-	kernel := fs.String("kernel", helper.DefaultKernel(), "the helper kernel (bzImage), when no helper is armed")
+	kernel := fs.String("kernel", defaultHelperKernel(), "the helper kernel (bzImage), when no helper is armed")
 	fs.Usage = func() { fmt.Fprint(os.Stderr, hibernateHelp); fs.PrintDefaults() }
 	if code, ok := parseFlags(fs, args); !ok {
 		return code
 	}
-	if *dev == "" || fs.NArg() > 0 {
-		fmt.Fprintln(os.Stderr, "khib hibernate: --target DEV is required (see khib hibernate --help)")
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "khib hibernate: unexpected argument %q (the target goes after --target; see khib hibernate --help)\n", fs.Arg(0))
+		return 2
+	}
+	if *systemdMode && (*ret || *bench || *asJSON) {
+		fmt.Fprintln(os.Stderr, "khib hibernate: --systemd does not go with --return, --bench or --json")
+		return 2
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	cfg, err := loadConfig()
+	if err != nil && (*spec == "" || !set["codec"]) {
+		return fail("hibernate: %v", err)
+	}
+	if cfg != nil && !set["codec"] {
+		*codec = cfg.Codec
+	}
+	if *spec == "" && cfg != nil {
+		*spec = cfg.Target
+	}
+	if *spec == "" {
+		fmt.Fprintln(os.Stderr, "khib hibernate: no target: give --target SPEC, or set one with khib configure --target SPEC (see khib hibernate --help)")
 		return 2
 	}
 	if _, err := image.ParseCodec(*codec); err != nil {
 		fmt.Fprintf(os.Stderr, "khib hibernate: %v\n", err)
 		return 2
 	}
-	res := hibernateResult{Target: *dev}
+	// A target that does not resolve goes on to target.Inspect under its
+	// own name, which says what is wrong with it in the usual words.
+	dev := *spec
+	if p, err := config.Resolve("/", *spec); err == nil {
+		dev = p
+	} else if kind, _, perr := config.ParseSpec(*spec); perr != nil || kind != config.KindPath {
+		return fail("hibernate: target %s: %v", *spec, err)
+	}
+	if kind, _, _ := config.ParseSpec(*spec); kind == config.KindUUID || kind == config.KindLabel {
+		// The reservation overwrites the start of the device, and with it
+		// the superblock that spec names: stage 1 would not find the image.
+		hint := "a /dev/disk/by-id/ path"
+		if pu, err := config.PartUUID("/", dev); err == nil {
+			hint = "PARTUUID=" + pu
+		}
+		return fail("hibernate: target %s names the filesystem on %s, which the image overwrites, so the next boot could not find it; name the device by %s (khib configure --target %s)", *spec, dev, hint, hint)
+	}
+	res := hibernateResult{Target: dev}
 	cmd := mailbox.CmdSave
 	if *bench {
 		cmd, *ret = mailbox.CmdBenchSave, true
@@ -78,7 +132,10 @@ func cmdHibernate(args []string) int {
 	if *bench {
 		load.Extra = benchTools()
 	}
-	err := hibernate(&res, *dev, *codec, *ret, load, cmd, *noFilter)
+	if *systemdMode {
+		return hibernateSystemd(&res, func() error { return hibernate(&res, dev, *codec, false, load, cmd, *noFilter) }, *kernel)
+	}
+	err = hibernate(&res, dev, *codec, *ret, load, cmd, *noFilter)
 	if err != nil {
 		res.Error = err.Error()
 	}
@@ -90,13 +147,19 @@ func cmdHibernate(args []string) int {
 		return fail("hibernate: %v", err)
 	}
 	if !*asJSON {
-		if strings.Contains(res.Mode, "resumed from disk") {
+		if res.resumedFromDisk() {
 			fmt.Printf("khib: resumed; back after %.1f s away\n", res.AwayS)
 		} else {
 			fmt.Printf("khib: back after %.1f s away (image saved, this system went on)\n", res.AwayS)
 		}
 	}
 	return 0
+}
+
+// resumedFromDisk reports whether the hibernation ended in a resume from
+// the image (rather than a jump back with --return).
+func (r *hibernateResult) resumedFromDisk() bool {
+	return strings.Contains(r.Mode, "resumed from disk")
 }
 
 // minTarget is the least khib accepts before asking the helper: smaller

@@ -16,8 +16,13 @@ Usage:
   khib check [--json]                  can this machine use khib? what is missing?
   khib check --jump [--json] [--fresh] [--kernel FILE]
                                        jump into the helper kernel and back, writing nothing
-  khib hibernate --target DEV [--codec s2|zstd] [--return] [--json]
-                                       save this system's memory to DEV and power off
+  khib hibernate [--target SPEC] [--codec s2|zstd] [--return] [--json]
+                                       save this system's memory to SPEC (default: target in
+                                       /etc/khib.conf) and power off
+  khib hibernate --systemd             the same, as systemd-hibernate.service (system-sleep hooks)
+  khib configure --target SPEC [--codec ...]
+                                       write /etc/khib.conf and update the initramfs
+  khib resume-stage1 [--config FILE]   stage 1 of a resume, from the initramfs (boot script)
   khib image inspect [--json] DEV|FILE show an image's header, page counts and size
   khib image verify DEV|FILE           check every checksum of an image
   khib arm [--kernel FILE]             boot the helper ahead of time and park it
@@ -52,6 +57,10 @@ func main() {
 		code = cmdCheck(args)
 	case "hibernate":
 		code = cmdHibernate(args)
+	case "configure":
+		code = cmdConfigure(args)
+	case "resume-stage1":
+		code = cmdResumeStage1(args)
 	case "image":
 		code = cmdImage(args)
 	case "arm":

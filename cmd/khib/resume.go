@@ -14,12 +14,18 @@ import (
 	"github.com/khib/khib/internal/kexec"
 )
 
-// resumeStage1 runs at boot, as init, when the kernel command line names
-// a resume device (khib.resume=DEV). It checks the image there and, if
-// everything holds, kexecs the restore helper C, which never returns here.
-// Otherwise it says why in one paragraph and returns, and the boot goes on
-// as normal without a single page of the image written.
-func resumeStage1(dev string) {
+// resumeStage1 is stage 1 as PID 1 in the test rig (khib.resume=DEV on
+// the command line), with the helper kernel found where A keeps it.
+func resumeStage1(dev string) { resumeFrom(dev, helper.DefaultKernel()) }
+
+// resumeFrom runs at boot, before the system's root filesystem is in
+// use: as init in the test rig (khib.resume=DEV), or from the initramfs
+// (khib resume-stage1). It checks the image on dev and, if everything
+// holds, kexecs the restore helper C (the bzImage at kernel), which never
+// returns here. Otherwise it says why in one paragraph and returns, and the
+// boot goes on as normal without a single page of the image written. It
+// writes to nothing but dev (the image's state) and the console.
+func resumeFrom(dev, kernel string) {
 	t0 := time.Now()
 	rd, f, err := openResumeImage(dev)
 	if err != nil {
@@ -47,7 +53,7 @@ func resumeStage1(dev string) {
 		return
 	}
 	console("khib: image intact (%.1f s); loading the restore helper into %s", time.Since(t0).Seconds(), meta.Region)
-	plan, err := helper.LoadRestore(helper.DefaultKernel(), kexec.Range{Start: meta.Region.Start, End: meta.Region.End}, meta.UUID.String())
+	plan, err := helper.LoadRestore(kernel, kexec.Range{Start: meta.Region.Start, End: meta.Region.End}, meta.UUID.String())
 	if err != nil {
 		refuse(dev, fmt.Errorf("loading the restore helper: %w", err))
 		return

@@ -405,3 +405,28 @@ func allZero(b []byte) bool {
 	}
 	return true
 }
+
+// PartUUID returns the PARTUUID of the partition whose /dev node (under
+// root) is node, for naming a target by something an image does not
+// overwrite.
+func PartUUID(root, node string) (string, error) {
+	devs, err := blockDevs(root)
+	if err != nil {
+		return "", err
+	}
+	name := filepath.Base(node)
+	for _, d := range devs {
+		if d.name != name && d.node != node {
+			continue
+		}
+		if d.part == 0 || d.disk == "" {
+			return "", fmt.Errorf("%s is a whole disk, which has no PARTUUID: %w", node, ErrNoTable)
+		}
+		p, err := partitionOf(root, d)
+		if err != nil {
+			return "", err
+		}
+		return p.UUID, nil
+	}
+	return "", fmt.Errorf("%s is not in /sys/class/block: %w", node, ErrNotFound)
+}

@@ -246,3 +246,19 @@ func TestProbePartitionLimits(t *testing.T) {
 		t.Errorf("no table: %v", err)
 	}
 }
+
+func TestPartUUID(t *testing.T) {
+	root := fakeRoot(t,
+		fakeDev{name: "sda", content: mbrDisk(0x1234abcd)},
+		fakeDev{name: "sda2", disk: "sda", part: "2", content: ext4Image(testUUID, "x")},
+	)
+	if got, err := PartUUID(root, filepath.Join(root, "dev/sda2")); err != nil || got != "1234abcd-02" {
+		t.Errorf("PartUUID(sda2) = %q, %v", got, err)
+	}
+	if _, err := PartUUID(root, filepath.Join(root, "dev/sda")); !errors.Is(err, ErrNoTable) {
+		t.Errorf("PartUUID(sda) = %v, want ErrNoTable", err)
+	}
+	if _, err := PartUUID(root, "/dev/vdq"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("PartUUID(vdq) = %v, want ErrNotFound", err)
+	}
+}

@@ -56,13 +56,20 @@ type Options struct {
 	Extra []string
 }
 
-// DefaultKernel returns the bzImage of the running kernel, which is the
-// helper kernel by default.
+// PackagedKernel is where khib's Debian package installs the helper
+// kernel. A distribution's kernel cannot be the helper: it needs modules
+// that the helper's initramfs (khib alone) does not carry.
+const PackagedKernel = "/usr/lib/khib/bzImage"
+
+// DefaultKernel returns the helper kernel to use when none is named: the
+// packaged one if installed, else the bzImage of the running kernel (the
+// test rig boots the helper kernel as A too), else /boot/khib/bzImage.
+// /etc/khib.conf's helper_kernel, when set, overrides it (cmd/khib).
 func DefaultKernel() string {
 	var u unix.Utsname
 	if err := unix.Uname(&u); err == nil {
 		rel := unix.ByteSliceToString(u.Release[:])
-		for _, p := range []string{"/boot/vmlinuz-" + rel, "/boot/khib/bzImage"} {
+		for _, p := range []string{PackagedKernel, "/boot/vmlinuz-" + rel, "/boot/khib/bzImage"} {
 			if _, err := os.Stat(p); err == nil {
 				return p
 			}
