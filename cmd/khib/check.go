@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -13,6 +15,7 @@ import (
 	"github.com/khib/khib/internal/helper"
 	"github.com/khib/khib/internal/kconfig"
 	"github.com/khib/khib/internal/kexec"
+	"github.com/khib/khib/internal/target"
 )
 
 const checkHelp = `Usage: khib check [--json] [--kernel FILE]
@@ -23,6 +26,15 @@ Without --jump, check whether this machine can use khib: kernel support
 /proc/config.gz or /boot/config-RELEASE), a reserved region large enough for
 the helper (crashkernel=), vmcoreinfo, kexec_load allowed, and root. For
 every missing piece it says what to do. Nothing is changed.
+
+Where khib's package is installed it also checks each piece of the system
+integration: the GRUB drop-in applied (grub.cfg has crashkernel=), the
+running kernel's initramfs holding khib, the helper kernel and
+/etc/khib.conf, khib-arm.service enabled and active with a helper parked,
+systemd-hibernate.service running khib, logind allowing hibernation without
+swap, and /etc/khib.conf's target resolving to a usable device. A piece the
+machine has no use for (no systemd, no GRUB, no initramfs-tools) is shown
+as "--" and skipped, not failed.
 
 With --jump, prove it live: load the helper kernel (FILE plus khib's own
 initramfs) into the reserved region, kexec-jump into it and come back.
@@ -48,6 +60,7 @@ func cmdCheck(args []string) int {
 		return checkJump(*kernel, *fresh, *asJSON)
 	}
 	rep := check.Run(check.Env{Root: "/", Euid: os.Geteuid(), Release: release(), MinRegion: minRegion(*kernel)})
+	rep.Add(check.System(systemEnv())...)
 	if *asJSON {
 		rep.WriteJSON(os.Stdout)
 	} else {
@@ -57,6 +70,46 @@ func cmdCheck(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// systemEnv wires the system-integration checks to this machine.
+func systemEnv() check.SysEnv {
+	env := check.SysEnv{
+		Root: "/", Release: release(),
+		HelperParked: func() (bool, error) {
+			st, err := helper.Current()
+			return st != nil && st.Parked(), err
+		},
+		CheckTarget: func(dev string) error {
+			info, err := target.Inspect(dev)
+			if err != nil {
+				return err
+			}
+			if err := target.CheckUnused(info); err != nil {
+				return err
+			}
+			if info.Size < minTarget {
+				return fmt.Errorf("%s is too small: %d MiB", dev, info.Size>>20)
+			}
+			return nil
+		},
+	}
+	if _, err := exec.LookPath("systemctl"); err == nil {
+		env.Systemctl = func(args ...string) (string, error) {
+			out, err := exec.Command("systemctl", args...).Output()
+			return string(out), err
+		}
+	}
+	if _, err := exec.LookPath("lsinitramfs"); err == nil {
+		env.Lsinitramfs = func(p string) ([]string, error) {
+			out, err := exec.Command("lsinitramfs", p).Output()
+			if err != nil {
+				return nil, fmt.Errorf("lsinitramfs %s: %w", p, err)
+			}
+			return strings.Fields(string(out)), nil
+		}
+	}
+	return env
 }
 
 // minRegion is how much of R the helper built from kernel and this

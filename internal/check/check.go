@@ -24,6 +24,7 @@ type Verdict struct {
 	Name    string `json:"name"`
 	OK      bool   `json:"ok"`
 	Unknown bool   `json:"unknown"`
+	Skipped bool   `json:"skipped,omitempty"` // not applicable here (no systemd, no GRUB...); counts as OK
 	Detail  string `json:"detail"` // one sentence: what was found
 	Fix     string `json:"fix"`    // what to do, when not OK
 }
@@ -463,6 +464,8 @@ func (rep Report) WriteText(w io.Writer) error {
 	for _, v := range rep.Checks {
 		status := "ok"
 		switch {
+		case v.Skipped:
+			status = "--"
 		case v.Unknown:
 			status = "??"
 		case !v.OK:
