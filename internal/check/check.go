@@ -25,8 +25,8 @@ type Verdict struct {
 	OK      bool   `json:"ok"`
 	Unknown bool   `json:"unknown"`
 	Skipped bool   `json:"skipped,omitempty"` // not applicable here (no systemd, no GRUB...); counts as OK
-	Detail  string `json:"detail"` // one sentence: what was found
-	Fix     string `json:"fix"`    // what to do, when not OK
+	Detail  string `json:"detail"`            // one sentence: what was found
+	Fix     string `json:"fix"`               // what to do, when not OK
 }
 
 // Report is the outcome of every check, in a fixed order.

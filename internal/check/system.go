@@ -472,6 +472,11 @@ func ListInitramfs(p string) ([]string, error) {
 			names = append(names, h.Name)
 		}
 		if last {
+			// Read the compressed stream to its end, which checks its
+			// checksum: a truncated initramfs does not boot.
+			if _, err := io.Copy(io.Discard, r); err != nil {
+				return nil, fmt.Errorf("%s: after the archive: %w", p, err)
+			}
 			return names, nil
 		}
 	}
