@@ -58,8 +58,12 @@ func cmdResumeStage1(args []string) int {
 	if os.Geteuid() != 0 {
 		return fail("resume-stage1: must run as root, from the initramfs")
 	}
-	if fstype, err := rootFSType("/proc/self/mountinfo"); err != nil || !initramfsRoot(fstype, "/") {
-		return fail("resume-stage1: / is %s, not the initramfs's rootfs: this runs only in the initramfs, before the root filesystem is mounted (%v)", orNone(fstype), err)
+	fstype, err := rootFSType("/proc/self/mountinfo")
+	if err != nil {
+		return fail("resume-stage1: cannot tell what / is: %v; this runs only in the initramfs, before the root filesystem is mounted", err)
+	}
+	if !initramfsRoot(fstype, "/") {
+		return fail("resume-stage1: / is %s, not the initramfs's rootfs: this runs only in the initramfs, before the root filesystem is mounted", fstype)
 	}
 	cfg, cfgErr := config.Load(*cfgPath)
 	if cfgErr != nil && !errors.Is(cfgErr, config.ErrNoFile) {
