@@ -14,8 +14,10 @@ STATIC  := CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w"
 # Each entry is scenario[:flags], flags joined with commas.
 VM_TESTS := check-refusals roundtrip:--smp,1 roundtrip:--smp,2 hibernate hibernate-too-small hibernate-write-error hibernate-no-device \
             cycle cycle:--smp,2 cycle-loopback cycles resume-corrupt resume-foreign
+# On the Debian guest (GRUB, initramfs, systemd, the distro kernel, khib from its .deb).
+DISTRO_TESTS := distro-cycle distro-cycle:--smp,2 distro-refusal distro-filter
 
-.PHONY: all deps kernel bins demo test test-unit test-vm lint fuzz bench bench-save bench-hibernate clean
+.PHONY: all deps kernel kernel-distro guest-image deb test-distro bins demo test test-unit test-vm lint fuzz bench bench-save bench-hibernate clean
 
 all: bins
 
@@ -24,6 +26,19 @@ deps:
 
 kernel: deps
 	@kernel/build.sh >/dev/null
+
+# The distro-grade kernel (Debian's config + KEXEC_JUMP) and the Debian
+# guest's disk built around it; both cached in ~/.cache/khib.
+kernel-distro: deps
+	@kernel/build.sh distro >/dev/null
+
+guest-image: kernel-distro
+	@scripts/guest-image.sh >/dev/null
+
+# khib's Debian package: bin/khib_<version>_amd64.deb (VERSION= to choose).
+VERSION ?=
+deb: kernel
+	@scripts/build-deb.sh "$(VERSION)" $(BIN) $(KERNEL)
 
 bins:
 	@mkdir -p $(BIN)
@@ -49,7 +64,13 @@ test-vm: kernel bins
 	  s=$${t%%:*}; f=$$(echo "$${t#$$s}" | sed 's/^://; s/,/ /g'); \
 	  echo "== scenario $$s $$f"; $(VM) run --scenario $$s $$f --kernel $(KERNEL) --bindir $(BIN) --json; done
 
-test: deps test-unit test-vm
+test-distro: guest-image kernel bins
+	@set -e; deb=$$(scripts/build-deb.sh "$(VERSION)" $(BIN) $(KERNEL)); disk=$$(scripts/guest-image.sh); \
+	for t in $(DISTRO_TESTS); do \
+	  s=$${t%%:*}; f=$$(echo "$${t#$$s}" | sed 's/^://; s/,/ /g'); \
+	  echo "== scenario $$s $$f"; $(VM) run --scenario $$s $$f --kernel $(KERNEL) --bindir $(BIN) --guest-disk $$disk --deb $$deb --json; done
+
+test: deps test-unit test-vm test-distro
 	@echo "make test: all tests passed"
 
 demo: kernel bins
