@@ -84,6 +84,7 @@ if [ ! -f "$kdir/release" ]; then
 	say "no distro kernel in $kdir (no release file); build it with: kernel/build.sh distro"
 	exit 1
 fi
+kdir=$(cd "$kdir" && pwd)
 rel=$(cat "$kdir/release")
 vmlinuz="$kdir/root/boot/vmlinuz-$rel"
 for f in "$vmlinuz" "$kdir/root/boot/config-$rel" "$kdir/root/lib/modules/$rel/modules.dep"; do
