@@ -13,7 +13,7 @@ STATIC  := CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w"
 
 # Each entry is scenario[:flags], flags joined with commas.
 VM_TESTS := check-refusals roundtrip:--smp,1 roundtrip:--smp,2 hibernate hibernate-too-small hibernate-write-error hibernate-no-device \
-            cycle cycle:--smp,2 cycle-loopback cycles resume-corrupt resume-foreign
+            cycle cycle:--smp,2 cycle-loopback cycle-armed cycles resume-corrupt resume-foreign
 # On the Debian guest (GRUB, initramfs, systemd, the distro kernel, khib from its .deb).
 DISTRO_TESTS := distro-cycle distro-cycle:--smp,2 distro-refusal distro-filter
 

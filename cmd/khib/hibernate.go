@@ -207,12 +207,30 @@ func hibernate(res *hibernateResult, dev, codec string, ret bool, load helper.Op
 		return fmt.Errorf("reserving %s: %w", dev, err)
 	}
 
+	// A save always boots the helper fresh, even when one is armed. A
+	// parked helper keeps a kexec image loaded whose one segment is A's
+	// jump-back page (A's kexec control page), and every jump swaps that
+	// segment with the page (relocate_kernel_64.S: swap_pages). So while a
+	// parked helper runs, the control page in A's RAM holds the copy from
+	// the helper's previous jump, not what A's relocate_kernel wrote on
+	// this one (its stack pointer and CR3 among them), which sits in the
+	// helper's own source page. An image saved then makes the resumed A
+	// return on the stack of the process that armed the helper, long gone:
+	// a triple fault. A fresh helper loads its segment from the control
+	// page as A just wrote it, and saves before any swap.
+	armed := false
+	if cur, err := helper.Current(); err == nil && cur != nil && cur.Parked() {
+		armed = true
+	}
 	for attempt := 0; ; attempt++ {
-		st, booted, err := helper.Ready(load, false)
+		st, _, err := helper.Ready(load, true)
 		if err != nil {
 			return err
 		}
-		res.Mode = map[bool]string{true: "fresh", false: "armed"}[booted]
+		res.Mode = "fresh"
+		if armed {
+			res.Mode = "fresh, an armed helper unloaded"
+		}
 		fmt.Fprintf(os.Stderr, "khib: hibernating to %s (%d MiB) with the %s helper\n", dev, info.Size>>20, res.Mode)
 		resp, away, err := helper.Jump(st, mailbox.Request{Cmd: cmd, Nonce: nonce.String(), Codec: codec, Return: ret, FirmwareRAM: fwRAM, NoFilter: noFilter})
 		if errors.Is(err, helper.ErrMailboxMoved) && attempt == 0 {

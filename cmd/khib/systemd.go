@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -125,7 +126,7 @@ func hibernateSystemd(res *hibernateResult, run func() error, kernel string) int
 	}
 	// A helper armed before hibernating is gone after a resume from disk:
 	// arm it again so that the next hibernation is as quick.
-	if res.resumedFromDisk() && len(res.Mode) >= 5 && res.Mode[:5] == "armed" {
+	if res.resumedFromDisk() && strings.Contains(res.Mode, "armed") {
 		if err := rearm(kernel); err != nil {
 			fmt.Printf("khib: warning: re-arming the helper: %v (khib arm does it by hand)\n", err)
 		} else {

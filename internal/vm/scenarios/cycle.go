@@ -41,6 +41,18 @@ func init() {
 		},
 	})
 	scenario.Register(scenario.Scenario{
+		Name: "cycle-armed",
+		Description: "cycle with the helper armed (khib arm) before hibernating: the image resumes. A save from the parked " +
+			"helper once stored a stale copy of A's kexec control page, and the resumed A triple-faulted",
+		Timeout: 20 * time.Minute,
+		Run: func(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
+			if env.Before == "" {
+				env.Before = "khib arm"
+			}
+			return runCycles(ctx, env, 1, nil)
+		},
+	})
+	scenario.Register(scenario.Scenario{
 		Name:        "cycles",
 		Description: "3 hibernate/resume cycles in a row, each in a new QEMU process",
 		Timeout:     30 * time.Minute,

@@ -23,7 +23,7 @@ func init() {
 	scenario.Register(scenario.Scenario{
 		Name: "hibernate",
 		Description: "khib hibernate writes A's memory (a ~400 MiB mixed workload) as an image and the VM powers off; " +
-			"once with an armed helper, once without. The host verifies both images and finds 1000 workload pages in each",
+			"once with an armed helper (which the save unloads: saves always boot the helper fresh), once without. The host verifies both images and finds 1000 workload pages in each",
 		Timeout: 20 * time.Minute,
 		Run:     runHibernate,
 	})
