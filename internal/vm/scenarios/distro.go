@@ -95,7 +95,23 @@ func (g *distroGuest) boot(ctx context.Context, name string) (float64, error) {
 		g.agent.Close()
 	}
 	g.agent = vm.NewAgent(sock)
-	if err := g.agent.WaitReady(ctx, min(g.env.Remaining(), 8*time.Minute)); err != nil {
+	// Stop waiting as soon as QEMU is gone: a guest that crashed or reset
+	// will never answer.
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-m.Done():
+			cancel()
+		case <-wctx.Done():
+		}
+	}()
+	if err := g.agent.WaitReady(wctx, min(g.env.Remaining(), 8*time.Minute)); err != nil {
+		select {
+		case <-m.Done():
+			return 0, fmt.Errorf("%s: %s before the guest agent answered (console: %s)", name, m.Exit(), m.LogPath())
+		default:
+		}
 		return 0, fmt.Errorf("%s: %v (console: %s)", name, err, m.LogPath())
 	}
 	return time.Since(m.Started()).Seconds(), nil
@@ -307,6 +323,7 @@ systemctl is-active --quiet redis-server
 head -c 1048576 /dev/urandom | base64 -w0 >/run/khib-vm-blob
 redis-cli -x SET khib:blob </run/khib-vm-blob >/dev/null
 redis-cli SET khib:blob:md5 "$(md5sum </run/khib-vm-blob | cut -c1-32)" >/dev/null
+[ "$(redis-cli GET khib:blob | tr -d '\n' | md5sum | cut -c1-32)" = "$(md5sum </run/khib-vm-blob | cut -c1-32)" ]
 seq 50000 | awk '{printf "SET khib:key:%d value:%d\r\n", $1, $1}' | redis-cli --pipe >/dev/null
 systemd-run --quiet --unit=khib-vm-held /bin/bash -c '
 exec 3<>/dev/tcp/127.0.0.1/6379
@@ -321,7 +338,7 @@ echo "dbsize=$(redis-cli DBSIZE) pid=$(pidof redis-server)"`
 // redisCheck checks the data and the held connection after the resume.
 const redisCheck = `set -e
 echo "dbsize=$(redis-cli DBSIZE) pid=$(pidof redis-server)"
-[ "$(redis-cli GET khib:blob | md5sum | cut -c1-32)" = "$(md5sum </run/khib-vm-blob | cut -c1-32)" ] || { echo "blob differs" >&2; exit 1; }
+[ "$(redis-cli GET khib:blob | tr -d '\n' | md5sum | cut -c1-32)" = "$(md5sum </run/khib-vm-blob | cut -c1-32)" ] || { echo "blob differs" >&2; exit 1; }
 [ "$(redis-cli GET khib:blob:md5)" = "$(md5sum </run/khib-vm-blob | cut -c1-32)" ]
 touch /run/khib-vm-held.go
 for i in $(seq 50); do [ -s /run/khib-vm-held.2 ] && break; sleep 0.2; done
@@ -372,7 +389,27 @@ func distroCycle(ctx context.Context, env *scenario.Env, corrupt bool) (scenario
 	if err != nil {
 		return res, fmt.Errorf("khib check in the installed guest: %w", err)
 	}
-	res["check"] = lastLines(check, 1)[:min(200, len(lastLines(check, 1)))]
+	var rep struct {
+		OK     bool `json:"ok"`
+		Checks []struct {
+			Name    string `json:"name"`
+			OK      bool   `json:"ok"`
+			Skipped bool   `json:"skipped"`
+		} `json:"checks"`
+	}
+	if err := json.Unmarshal([]byte(check), &rep); err != nil {
+		return res, fmt.Errorf("khib check --json: %w", err)
+	}
+	var passed []string
+	for _, c := range rep.Checks {
+		if !c.OK {
+			return res, fmt.Errorf("khib check in the installed guest: %s fails: %s", c.Name, lastLines(check, 3))
+		}
+		if !c.Skipped {
+			passed = append(passed, c.Name)
+		}
+	}
+	res["check_passed"] = strings.Join(passed, " ")
 	if _, err := g.sh(ctx, "systemctl is-active khib-arm.service"); err != nil {
 		return res, fmt.Errorf("khib-arm.service did not park the helper: %w", err)
 	}
