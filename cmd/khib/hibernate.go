@@ -6,9 +6,11 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/khib/khib/internal/config"
+	"github.com/khib/khib/internal/freecount"
 	"github.com/khib/khib/internal/helper"
 	"github.com/khib/khib/internal/image"
 	"github.com/khib/khib/internal/mailbox"
@@ -71,6 +73,7 @@ func cmdHibernate(args []string) int {
 	systemdMode := fs.Bool("systemd", false, "run as systemd-hibernate.service: system-sleep hooks around, journal lines, no --return")
 	ret := fs.Bool("return", false, "after saving, jump back instead of powering off (snapshot and go on)")
 	asJSON := fs.Bool("json", false, "print one JSON object")
+	fs.BoolVar(&countFree, "count-free", false, "record in the figures A's own count of its free pages (/proc/kpageflags, /proc/buddyinfo)\nand its used memory just before the jump, to check the helper's count against")
 	noFilter := fs.Bool("no-filter", false, "save free pages too (by default the helper skips the pages A's buddy allocator has free)")
 	bench := fs.Bool("bench", false, "benchmark: save, then time a plain copy of /proc/vmcore, raw writes and, when A has it,\nmakedumpfile -d 17 to DEV (overwriting the image), and jump back")
 	kernel := fs.String("kernel", defaultHelperKernel(), "the helper kernel (bzImage), when no helper is armed")
@@ -232,6 +235,10 @@ func hibernate(res *hibernateResult, dev, codec string, ret bool, load helper.Op
 			res.Mode = "fresh, an armed helper unloaded"
 		}
 		fmt.Fprintf(os.Stderr, "khib: hibernating to %s (%d MiB) with the %s helper\n", dev, info.Size>>20, res.Mode)
+		var own map[string]any
+		if countFree {
+			own = ownFreeCount()
+		}
 		resp, away, err := helper.Jump(st, mailbox.Request{Cmd: cmd, Nonce: nonce.String(), Codec: codec, Return: ret, FirmwareRAM: fwRAM, NoFilter: noFilter})
 		if errors.Is(err, helper.ErrMailboxMoved) && attempt == 0 {
 			helper.Unload()
@@ -242,6 +249,12 @@ func hibernate(res *hibernateResult, dev, codec string, ret bool, load helper.Op
 			return err
 		}
 		res.Figures = resp.Figures
+		if res.Figures == nil {
+			res.Figures = map[string]any{}
+		}
+		for k, v := range own {
+			res.Figures[k] = v
+		}
 		if !resp.OK {
 			return fmt.Errorf("the helper could not save; this system keeps running: %s", resp.Error)
 		}
@@ -257,4 +270,53 @@ func hibernate(res *hibernateResult, dev, codec string, ret bool, load helper.Op
 		}
 		return nil
 	}
+}
+
+// countFree is --count-free.
+var countFree bool
+
+// ownFreeCount is A's own view of its free memory, taken after the helper
+// is loaded and just before the jump: what the helper's walk over A's
+// struct pages should find. Errors become figures too, so that a missing
+// /proc file shows in the output instead of failing the hibernation.
+func ownFreeCount() map[string]any {
+	fig := map[string]any{}
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		var total, free uint64
+		for _, l := range strings.Split(string(b), "\n") {
+			f := strings.Fields(l)
+			if len(f) >= 2 && f[0] == "MemTotal:" {
+				total, _ = strconv.ParseUint(f[1], 10, 64)
+			}
+			if len(f) >= 2 && f[0] == "MemFree:" {
+				free, _ = strconv.ParseUint(f[1], 10, 64)
+			}
+		}
+		fig["a_used_kib"] = total - free
+	}
+	if f, err := os.Open("/proc/buddyinfo"); err == nil {
+		n, err := freecount.FromBuddyinfo(f)
+		f.Close()
+		if err != nil {
+			fig["a_buddyinfo_error"] = err.Error()
+		} else {
+			fig["a_buddyinfo_free_pages"] = n
+		}
+	}
+	flags, err1 := os.Open("/proc/kpageflags")
+	counts, err2 := os.Open("/proc/kpagecount")
+	if err := errors.Join(err1, err2); err != nil {
+		fig["a_kpf_error"] = err.Error()
+	} else if n, err := freecount.FromPageFlags(flags, counts); err != nil {
+		fig["a_kpf_error"] = err.Error()
+	} else {
+		fig["a_kpf_free_pages"] = n
+	}
+	if flags != nil {
+		flags.Close()
+	}
+	if counts != nil {
+		counts.Close()
+	}
+	return fig
 }

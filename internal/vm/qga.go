@@ -228,7 +228,20 @@ func (a *Agent) Run(ctx context.Context, script string) (ExecResult, error) {
 			OutData  []byte `json:"out-data"` // base64 in JSON
 			ErrData  []byte `json:"err-data"`
 		}
-		if err := a.call(ctx, "guest-exec-status", map[string]any{"pid": pid}, &st); err != nil {
+		// Each poll gets its own short deadline, and a poll lost on the
+		// way (the agent busy or its port reset) is asked again on a new,
+		// resynchronised connection: the command itself runs on.
+		var err error
+		for try := 0; try < 4; try++ {
+			cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			err = a.call(cctx, "guest-exec-status", map[string]any{"pid": pid}, &st)
+			cancel()
+			var ae *agentError
+			if err == nil || errors.As(err, &ae) || ctx.Err() != nil {
+				break
+			}
+		}
+		if err != nil {
 			return ExecResult{}, err
 		}
 		if st.Exited {
