@@ -15,7 +15,7 @@ STATIC  := CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w"
 VM_TESTS := check-refusals roundtrip:--smp,1 roundtrip:--smp,2 hibernate hibernate-too-small hibernate-write-error hibernate-no-device \
             cycle cycle:--smp,2 cycle-loopback cycle-armed cycles resume-corrupt resume-foreign
 # On the Debian guest (GRUB, initramfs, systemd, the distro kernel, khib from its .deb).
-DISTRO_TESTS := distro-cycle distro-cycle:--smp,2 distro-refusal distro-filter
+DISTRO_TESTS := distro-cycle distro-cycle:--smp,2 distro-refusal distro-filter distro-remove
 
 .PHONY: all deps kernel kernel-distro guest-image deb test-distro bins demo test test-unit test-vm lint fuzz bench bench-save bench-hibernate clean
 

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 
@@ -280,6 +281,11 @@ var countFree bool
 // struct pages should find. Errors become figures too, so that a missing
 // /proc file shows in the output instead of failing the hibernation.
 func ownFreeCount() map[string]any {
+	// Hand back to A the heap this process no longer needs (the helper's
+	// kernel and initramfs, copied into the kernel by kexec_load): Go's
+	// scavenger would otherwise return it between this count and the
+	// jump, and the helper would find megabytes more free than A said.
+	debug.FreeOSMemory()
 	fig := map[string]any{}
 	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
 		var total, free uint64

@@ -82,9 +82,10 @@ func (g *distroGuest) boot(ctx context.Context, name string) (float64, error) {
 	return g.bootAs(ctx, name, true)
 }
 
-// loginRE is getty's prompt on the serial console: a normal boot has
-// reached its login services.
-var loginRE = regexp.MustCompile(`login: `)
+// loginRE is the line getty prints above its prompt on the serial
+// console (/etc/issue): a normal boot has reached its login services. The
+// prompt itself ends without a newline, so it is no line of its own.
+var loginRE = regexp.MustCompile(`GNU/Linux .*ttyS0`)
 
 // bootAs is boot; with normal, it first waits for the login prompt on the
 // console, because the guest agent answers early in a boot and then
