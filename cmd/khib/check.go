@@ -15,7 +15,6 @@ import (
 	"github.com/khib/khib/internal/helper"
 	"github.com/khib/khib/internal/kconfig"
 	"github.com/khib/khib/internal/kexec"
-	"github.com/khib/khib/internal/target"
 )
 
 const checkHelp = `Usage: khib check [--json] [--kernel FILE]
@@ -81,17 +80,8 @@ func systemEnv() check.SysEnv {
 			return st != nil && st.Parked(), err
 		},
 		CheckTarget: func(dev string) error {
-			info, err := target.Inspect(dev)
-			if err != nil {
-				return err
-			}
-			if err := target.CheckUnused(info); err != nil {
-				return err
-			}
-			if info.Size < minTarget {
-				return fmt.Errorf("%s is too small: %d MiB", dev, info.Size>>20)
-			}
-			return nil
+			_, err := usableTarget(dev)
+			return err
 		},
 	}
 	if _, err := exec.LookPath("systemctl"); err == nil {

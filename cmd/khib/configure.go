@@ -11,7 +11,6 @@ import (
 	"github.com/khib/khib/internal/config"
 	"github.com/khib/khib/internal/helper"
 	"github.com/khib/khib/internal/image"
-	"github.com/khib/khib/internal/target"
 )
 
 const configureHelp = `Usage: khib configure --target SPEC [--codec s2|zstd|none] [--helper-kernel FILE] [--no-initramfs]
@@ -102,15 +101,8 @@ func checkTargetSpec(spec string) (dev, stable string, err error) {
 	if err != nil {
 		return "", "", err
 	}
-	info, err := target.Inspect(dev)
-	if err != nil {
+	if _, err := usableTarget(dev); err != nil {
 		return "", "", err
-	}
-	if err := target.CheckUnused(info); err != nil {
-		return "", "", err
-	}
-	if info.Size < minTarget {
-		return "", "", fmt.Errorf("%s is too small: %d MiB, an image needs at least %d MiB and typically a third to a half of RAM", dev, info.Size>>20, minTarget>>20)
 	}
 	stable = spec
 	if kind == config.KindUUID || kind == config.KindLabel {

@@ -171,19 +171,29 @@ func (r *hibernateResult) resumedFromDisk() bool {
 // exact need while writing, and says so.
 const minTarget = 16 << 20
 
+// usableTarget applies hibernate's checks to a device: a block device,
+// not mounted, not swap, not held by another device, big enough.
+func usableTarget(dev string) (*target.Info, error) {
+	info, err := target.Inspect(dev)
+	if err != nil {
+		return nil, err
+	}
+	if err := target.CheckUnused(info); err != nil {
+		return nil, err
+	}
+	if info.Size < minTarget {
+		return nil, fmt.Errorf("%s is too small: %d MiB, an image needs at least %d MiB and typically a third to a half of RAM", dev, info.Size>>20, minTarget>>20)
+	}
+	return info, nil
+}
+
 func hibernate(res *hibernateResult, dev, codec string, ret bool, load helper.Options, cmd string, noFilter bool) error {
 	if os.Geteuid() != 0 {
 		return errors.New("must run as root")
 	}
-	info, err := target.Inspect(dev)
+	info, err := usableTarget(dev)
 	if err != nil {
 		return err
-	}
-	if err := target.CheckUnused(info); err != nil {
-		return err
-	}
-	if info.Size < minTarget {
-		return fmt.Errorf("%s is too small: %d MiB, an image needs at least %d MiB and typically a third to a half of RAM", dev, info.Size>>20, minTarget>>20)
 	}
 	if _, err := jumpable(); err != nil {
 		return err
