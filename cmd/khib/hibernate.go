@@ -319,6 +319,15 @@ func ownFreeCount() map[string]any {
 			fig["a_buddyinfo_free_pages"] = n
 		}
 	}
+	if f, err := os.Open("/proc/zoneinfo"); err == nil {
+		n, err := freecount.PCPFromZoneinfo(f)
+		f.Close()
+		if err != nil {
+			fig["a_pcp_error"] = err.Error()
+		} else {
+			fig["a_pcp_free_pages"] = n
+		}
+	}
 	flags, err1 := os.Open("/proc/kpageflags")
 	counts, err2 := os.Open("/proc/kpagecount")
 	if err := errors.Join(err1, err2); err != nil {

@@ -124,3 +124,26 @@ func FromBuddyinfo(r io.Reader) (uint64, error) {
 	}
 	return total, sc.Err()
 }
+
+// PCPFromZoneinfo sums the per-CPU free lists of /proc/zoneinfo (the
+// "count:" of every CPU's pageset). Those pages are free but carry no
+// KPF_BUDDY and are not in buddyinfo; the kernel moves them to the buddy
+// lists in the background (mm/vmstat.c: refresh_cpu_vm_stats, which
+// decays each list's high mark), so between a count in A and the helper's
+// walk some or all of them become buddy pages.
+func PCPFromZoneinfo(r io.Reader) (uint64, error) {
+	var total uint64
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) != 2 || f[0] != "count:" {
+			continue
+		}
+		n, err := strconv.ParseUint(f[1], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("zoneinfo: %q: %w", sc.Text(), err)
+		}
+		total += n
+	}
+	return total, sc.Err()
+}

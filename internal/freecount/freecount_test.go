@@ -94,3 +94,25 @@ func FuzzFromPageFlags(f *testing.F) {
 	f.Add(make([]byte, 64), make([]byte, 64))
 	f.Fuzz(func(t *testing.T, a, b []byte) { FromPageFlags(bytes.NewReader(a), bytes.NewReader(b)) })
 }
+
+func TestPCPFromZoneinfo(t *testing.T) {
+	in := `Node 0, zone   DMA32
+  pages free     71506
+        nr_free_pages 71506
+  pagesets
+    cpu: 0
+              count: 1544
+              high:  2036
+              batch: 63
+    cpu: 1
+              count: 12
+              high:  2036
+`
+	got, err := PCPFromZoneinfo(strings.NewReader(in))
+	if err != nil || got != 1556 {
+		t.Fatalf("PCPFromZoneinfo = %d, %v; want 1556", got, err)
+	}
+	if _, err := PCPFromZoneinfo(strings.NewReader("    count: x\n")); err == nil {
+		t.Fatal("bad count accepted")
+	}
+}
