@@ -39,9 +39,6 @@ const usage = `Usage:
   khib-workload append-check --file F
       check that F holds lines 1..N in order and nothing else; print N
   khib-workload append-stop [--dir DIR]
-  khib-workload buddy-pages
-      count the pages the kernel has free in its buddy allocator, from
-      /proc/kpageflags (KPF_BUDDY heads) and from /proc/buddyinfo
   khib-workload stop [--dir DIR]
   khib-workload runas UID COMMAND [ARG...]
       run COMMAND with the given user and group id (for tests as non-root)
@@ -106,8 +103,6 @@ func main() {
 		}
 	case "append-stop":
 		err = appendStop(*dir)
-	case "buddy-pages":
-		err = buddyPages()
 	default:
 		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)

@@ -334,6 +334,16 @@ func newDistroGuest(ctx context.Context, env *scenario.Env) (*distroGuest, error
 	return g, os.Rename(tmp, cached)
 }
 
+// bootedDistroGuest is newDistroGuest with its first normal boot done.
+func bootedDistroGuest(ctx context.Context, env *scenario.Env) (*distroGuest, error) {
+	g, err := newDistroGuest(ctx, env)
+	if err != nil {
+		return nil, err
+	}
+	_, err = g.boot(ctx, "boot1")
+	return g, err
+}
+
 func cacheRoot() string {
 	if c := os.Getenv("KHIB_CACHE"); c != "" {
 		return c
@@ -627,11 +637,8 @@ func init() {
 // one boot.
 func distroFilter(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
 	res := scenario.Result{}
-	g, err := newDistroGuest(ctx, env)
+	g, err := bootedDistroGuest(ctx, env)
 	if err != nil {
-		return res, err
-	}
-	if _, err := g.boot(ctx, "boot1"); err != nil {
 		return res, err
 	}
 	mib := workloadMiB(env, 300)
@@ -723,11 +730,8 @@ func init() {
 
 func distroRemove(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
 	res := scenario.Result{}
-	g, err := newDistroGuest(ctx, env)
+	g, err := bootedDistroGuest(ctx, env)
 	if err != nil {
-		return res, err
-	}
-	if _, err := g.boot(ctx, "boot1"); err != nil {
 		return res, err
 	}
 	if out, err := g.sh(ctx, "DEBIAN_FRONTEND=noninteractive dpkg -r khib 2>&1"); err != nil {
