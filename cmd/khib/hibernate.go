@@ -50,8 +50,10 @@ keeps running as before.
 
 To resume, boot the same kernel with khib as init and khib.resume=DEV on
 its command line. khib checks the image (complete, every checksum, the same
-kernel build, the same memory map), marks it used so it is never resumed
-twice, and restores this system: this command then returns 0 and prints how
+kernel build, the same memory map) and restores this system; the restore
+helper marks the image used just before it jumps back into this system, so
+that it is never resumed twice and a power cut during the restore leaves it
+resumable: this command then returns 0 and prints how
 long the system was away. If anything is wrong, the boot goes on normally
 and says why.
 
@@ -274,7 +276,7 @@ func hibernate(res *hibernateResult, dev, codec string, ret bool, load helper.Op
 			// its pages came from the image, and R held the restore
 			// helper. Unload it before anything can jump into it.
 			res.Mode += ", resumed from disk"
-			// The image itself stage 1 marked used before restoring.
+			// The restore helper marked the image used before its jump here.
 			if err := helper.Unload(); err != nil {
 				fmt.Fprintf(os.Stderr, "khib: warning: unloading the stale helper: %v\n", err)
 			}

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -15,8 +16,10 @@ import (
 // runRestore is the restore helper C. It runs inside R only, writes every
 // page of A from the image back to its physical address, and kexec-jumps
 // to A's jump-back entry, where A carries on as if its jump into B had
-// just returned. If anything fails, the image is already marked used by
-// stage 1; C says why and reboots into a normal boot.
+// just returned. C marks the image used just before that jump, once all
+// of A's pages are back, so that a power cut during the restore leaves the
+// image resumable. If anything fails, C marks the image used (a failure
+// must not repeat at every boot), says why and reboots into a normal boot.
 func runRestore(params map[string]string) {
 	err := restore(params["khib.image"])
 	console("khib-restore: error: %v", err)
@@ -42,12 +45,21 @@ func restore(uuid string) error {
 		return fmt.Errorf("finding image %s: %w", uuid, err)
 	}
 	defer f.Close()
+	// Whatever goes wrong from here, this image is not tried again: a
+	// restore that failed once fails the same way at the next boot.
+	spent := false
+	defer func() {
+		if !spent {
+			if err := markUsed(f); err != nil {
+				console("khib-restore: %v", err)
+			}
+		}
+	}()
 	size, err := fileSize(f)
 	if err != nil {
 		return err
 	}
-	// Stage 1 marked the image used; C reads it all the same, once.
-	rd, err := image.OpenInvalidated(f, size)
+	rd, err := image.Open(f, size)
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
@@ -107,8 +119,28 @@ func restore(uuid string) error {
 	if err := kexec.Load(jb, segs, true); err != nil {
 		return fmt.Errorf("loading the jump to A: %w", err)
 	}
+	// The last moment: every page of A is written and the jump is loaded.
+	// Once the image says used, a power cut gives a normal boot, never a
+	// second resume of the same A; before, it gave a resume of this image.
+	spent = true
+	if err := markUsed(f); err != nil {
+		kexec.Unload()
+		return fmt.Errorf("not jumping to A: %w (resuming an image that is not marked used could resume the same A twice)", err)
+	}
+	console("khib-restore: image marked used; jumping to A")
 	if err := kexec.Jump(); err != nil {
 		return fmt.Errorf("jumping to A: %w", err)
 	}
 	return fmt.Errorf("A jumped back into the restore helper, which is not meant to happen")
+}
+
+// markUsed sets the image's state to Invalidated and makes it durable.
+func markUsed(f *os.File) error {
+	if err := image.SetState(f, image.StateInvalidated); err != nil {
+		return fmt.Errorf("marking the image used: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("marking the image used: %w", err)
+	}
+	return nil
 }

@@ -6,8 +6,6 @@ import (
 	"os"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/khib/khib/internal/elfcore"
 	"github.com/khib/khib/internal/helper"
 	"github.com/khib/khib/internal/image"
@@ -24,7 +22,8 @@ func resumeStage1(dev string) { resumeFrom(dev, helper.DefaultKernel()) }
 // holds, kexecs the restore helper C (the bzImage at kernel), which never
 // returns here. Otherwise it says why in one paragraph and returns, and the
 // boot goes on as normal without a single page of the image written. It
-// writes to nothing but dev (the image's state) and the console.
+// writes to nothing but the console: C marks the image used, once A's
+// pages are all back.
 func resumeFrom(dev, kernel string) {
 	t0 := time.Now()
 	rd, f, err := openResumeImage(dev)
@@ -58,22 +57,14 @@ func resumeFrom(dev, kernel string) {
 		refuse(dev, fmt.Errorf("loading the restore helper: %w", err))
 		return
 	}
-	// From here the image is spent: if the restore fails part-way, A's
-	// memory is half written and the same image must never be tried again.
-	if err := image.SetState(f, image.StateInvalidated); err != nil {
-		kexec.Unload()
-		refuse(dev, fmt.Errorf("marking the image as used: %w", err))
-		return
-	}
-	if err := f.Sync(); err != nil {
-		kexec.Unload()
-		refuse(dev, fmt.Errorf("marking the image as used: %w", err))
-		return
-	}
+	// The image stays resumable until C has written every page of A: C
+	// marks it used at the last moment before its jump into A. A power
+	// cut before that leaves a good image behind, and the next boot
+	// resumes it; a cut after it, a normal boot. Stage 1 itself writes
+	// nothing.
 	console("khib: restoring A through the restore helper (%d segments); stage 1 took %.1f s", len(plan.Segments), time.Since(t0).Seconds())
-	unix.Sync()
 	if err := kexec.Jump(); err != nil {
-		console("khib: kexec into the restore helper failed: %v; booting normally (the image is marked used)", err)
+		console("khib: kexec into the restore helper failed: %v; booting normally (the image was not touched)", err)
 	}
 }
 
@@ -83,13 +74,13 @@ func refuse(dev string, err error) {
 		"  (khib image inspect %s); it is overwritten by the next hibernation.", dev, err, dev, dev)
 }
 
-// openResumeImage opens the image on dev read-write, waiting a few seconds
-// for the device to appear.
+// openResumeImage opens the image on dev read-only, waiting a few
+// seconds for the device to appear.
 func openResumeImage(dev string) (*image.Reader, *os.File, error) {
 	var f *os.File
 	var err error
 	for i := 0; i < 50; i++ {
-		if f, err = os.OpenFile(dev, os.O_RDWR, 0); err == nil {
+		if f, err = os.OpenFile(dev, os.O_RDONLY, 0); err == nil {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)

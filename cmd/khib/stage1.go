@@ -27,16 +27,17 @@ for the device to appear. khib.resume=off or noresume on the command line
 disables resuming.
 
 If the device holds a complete image made by this very kernel build on
-this machine, khib verifies every chunk, marks the image used (a system is
-never resumed twice), and kexecs the restore helper (helper_kernel, default
+this machine, khib verifies every chunk and kexecs the restore helper (helper_kernel, default
 /usr/lib/khib/bzImage, also copied into the initramfs). It writes A's
-memory back and jumps into A, which carries on from its hibernation. This
+memory back, marks the image used at the last moment (a system is never
+resumed twice, and a power cut during the restore leaves the image
+resumable), and jumps into A, which carries on from its hibernation. This
 command then never returns.
 
 In every other case it prints one paragraph saying why on the console and
-exits 0, so that the boot goes on normally. Nothing but the image's state
-on the target device is ever written: the root filesystem is not even
-mounted yet. It refuses to run outside an initramfs (when / is not the
+exits 0, so that the boot goes on normally. It writes nothing at all: the
+target is opened read-only, and the root filesystem is not even mounted
+yet. It refuses to run outside an initramfs (when / is not the
 initramfs's rootfs), since restoring an old memory image under a running
 system would corrupt its filesystems.
 

@@ -55,9 +55,7 @@ func Open(r io.ReaderAt, size int64) (*Reader, error) {
 }
 
 // OpenInvalidated opens an image like Open, but also one in state
-// Invalidated. The restore helper uses it: stage 1 marks the image used
-// before handing over, so that a restore that fails part-way can never be
-// tried again.
+// Invalidated: one that was resumed from, for inspection.
 func OpenInvalidated(r io.ReaderAt, size int64) (*Reader, error) {
 	return open(r, size, true)
 }
