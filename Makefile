@@ -13,11 +13,11 @@ STATIC  := CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w"
 
 # Each entry is scenario[:flags], flags joined with commas.
 VM_TESTS := check-refusals roundtrip:--smp,1 roundtrip:--smp,2 hibernate hibernate-too-small hibernate-write-error hibernate-no-device \
-            cycle cycle:--smp,2 cycle-loopback cycle-armed cycles resume-corrupt resume-foreign
+            cycle cycle:--smp,2 cycle-loopback cycle-armed soak:--cycles,3 resume-corrupt resume-foreign
 # On the Debian guest (GRUB, initramfs, systemd, the distro kernel, khib from its .deb).
 DISTRO_TESTS := distro-cycle distro-cycle:--smp,2 distro-refusal distro-filter distro-remove
 
-.PHONY: all deps kernel kernel-distro guest-image deb test-distro bins demo test test-unit test-vm lint fuzz bench bench-save bench-hibernate clean
+.PHONY: soak all deps kernel kernel-distro guest-image deb test-distro bins demo test test-unit test-vm lint fuzz bench bench-save bench-hibernate clean
 
 all: bins
 
@@ -75,6 +75,12 @@ test: deps test-unit test-vm test-distro
 
 demo: kernel bins
 	@$(VM) run --scenario cycle --kernel $(KERNEL) --bindir $(BIN) --demo
+
+# 50 hibernate/resume cycles under a write-heavy workload (make test runs 3);
+# SOAK_CYCLES= for another count.
+SOAK_CYCLES ?= 50
+soak: kernel bins
+	@$(VM) run --scenario soak --cycles $(SOAK_CYCLES) --kernel $(KERNEL) --bindir $(BIN)
 
 # Benchmarks, not tests: figures for people, printed on stderr and as JSON.
 bench-save: kernel bins

@@ -105,6 +105,8 @@ func runFlags(o *runOpts, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.opts.GuestDisk, "guest-disk", "", "distro-*: the Debian guest's disk image (the output of scripts/guest-image.sh); it is copied, never written")
 	fs.StringVar(&o.opts.Deb, "deb", "", "distro-*: khib's Debian package, installed in the guest with dpkg -i (make deb)")
 	fs.StringVar(&o.opts.After, "after", "", "cycle: shell command run in A after it resumed; ok needs both to exit 0")
+	fs.IntVar(&o.opts.Cycles, "cycles", 0, "soak: hibernate/resume cycles (0: the scenario's default)")
+	fs.Int64Var(&o.opts.Seed, "seed", 0, "powercut-*: seed of the random cut points, to repeat a run (0: from the clock, printed)")
 	return fs
 }
 

@@ -34,8 +34,11 @@ const usage = `Usage:
   khib-workload pfns [--count N] [--dir DIR]
       print N pseudo-randomly chosen workload pages as index:pfn,... so that
       the host can find them in a hibernation image
-  khib-workload append-start --file F [--dir DIR]
-      start appending numbered lines to F in the background (every 20 ms)
+  khib-workload append-start --file F [--ack ACKFILE] [--dir DIR]
+      start appending numbered lines to F in the background (every 20 ms).
+      With --ack: 1 KiB records, each fdatasync'ed and then acknowledged
+      as "khib-ack N" on ACKFILE (the console, say), every 10 ms, and an
+      unsynced bulk writer rewriting F's directory's file "bulk"
   khib-workload append-check --file F
       check that F holds lines 1..N in order and nothing else; print N
   khib-workload append-stop [--dir DIR]
@@ -75,6 +78,7 @@ func main() {
 	dir := fs.String("dir", "/run/khib-workload", "state directory")
 	count := fs.Int("count", 1000, "pfns: how many pages")
 	file := fs.String("file", "", "append-*: the file appended to")
+	ack := fs.String("ack", "", "append-start: acknowledge each fdatasync'ed record on this file")
 	fs.Usage = func() { fmt.Fprint(os.Stderr, usage); fs.PrintDefaults() }
 	if os.Args[1] == "runas" {
 		os.Exit(runas(os.Args[2:]))
@@ -93,9 +97,9 @@ func main() {
 	case "pfns":
 		err = pfns(*dir, *count)
 	case "append-start":
-		err = appendStart(*dir, *file)
+		err = appendStart(*dir, *file, *ack)
 	case "appender":
-		err = appender(*file)
+		err = appender(*file, *ack)
 	case "append-check":
 		var n int
 		if n, err = appendCheck(*file); err == nil {

@@ -112,6 +112,11 @@ type Options struct {
 	// describes the partitions) and khib's .deb.
 	GuestDisk string
 	Deb       string
+	// Cycles is how many hibernate/resume cycles a soak runs, and Seed
+	// seeds the random choices of the fault scenarios; zero lets the
+	// scenario choose (a seed from the clock, printed).
+	Cycles int
+	Seed   int64
 }
 
 // Env is what a running scenario works with.

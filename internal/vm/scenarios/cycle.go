@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
 	"time"
 
@@ -24,7 +25,7 @@ func init() {
 			"and a file appended to on ext4, carry on; the next boot is normal. --overlay/--before/--after run your own software",
 		Timeout: 20 * time.Minute,
 		Run: func(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
-			return runCycles(ctx, env, 1, nil)
+			return runCycles(ctx, env, cycleRun{cycles: 1})
 		},
 	})
 	scenario.Register(scenario.Scenario{
@@ -37,7 +38,7 @@ func init() {
 				env.Before = loopbackBefore
 				env.After = loopbackAfter
 			}
-			return runCycles(ctx, env, 1, nil)
+			return runCycles(ctx, env, cycleRun{cycles: 1})
 		},
 	})
 	scenario.Register(scenario.Scenario{
@@ -49,15 +50,21 @@ func init() {
 			if env.Before == "" {
 				env.Before = "khib arm"
 			}
-			return runCycles(ctx, env, 1, nil)
+			return runCycles(ctx, env, cycleRun{cycles: 1})
 		},
 	})
 	scenario.Register(scenario.Scenario{
-		Name:        "cycles",
-		Description: "3 hibernate/resume cycles in a row, each in a new QEMU process",
-		Timeout:     30 * time.Minute,
+		Name: "soak",
+		Description: "50 hibernate/resume cycles in a row (--cycles N), each resume in a new QEMU process, under a write-heavy " +
+			"workload: 1 KiB records fdatasync'ed to ext4 and acknowledged on the console, and an unsynced bulk writer. " +
+			"After every resume each acknowledged record is in the file and the sequence goes on; e2fsck -fn is clean at the end",
+		Timeout: 90 * time.Minute,
 		Run: func(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
-			return runCycles(ctx, env, 3, nil)
+			n := env.Cycles
+			if n <= 0 {
+				n = 50
+			}
+			return runCycles(ctx, env, cycleRun{cycles: n, acked: true})
 		},
 	})
 	scenario.Register(scenario.Scenario{
@@ -65,7 +72,7 @@ func init() {
 		Description: "one byte of page data in the image is flipped: stage 1 says so and the machine boots normally, no page restored",
 		Timeout:     20 * time.Minute,
 		Run: func(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
-			return runCycles(ctx, env, 1, &tamper{name: "corrupt", fn: corruptChunk, want: "checksum mismatch"})
+			return runCycles(ctx, env, cycleRun{cycles: 1, tp: &tamper{name: "corrupt", fn: corruptChunk, want: "checksum mismatch"}})
 		},
 	})
 	scenario.Register(scenario.Scenario{
@@ -78,7 +85,7 @@ func init() {
 			if err != nil {
 				return nil, err
 			}
-			return runCycles(ctx, env, 1, &tamper{name: "foreign", kernel: other, want: "different kernel"})
+			return runCycles(ctx, env, cycleRun{cycles: 1, tp: &tamper{name: "foreign", kernel: other, want: "different kernel"}})
 		},
 	})
 }
@@ -137,7 +144,7 @@ if [ -e /data/booted ]; then
 fi
 touch /data/booted
 khib-workload start --mib @MIB@ --seed @SEED@ --mixed --garbage @GARBAGE@ || fail workload
-khib-workload append-start --file /data/log || fail appender
+khib-workload append-start --file /data/log @ACK@ || fail appender
 if [ -x /khibvm/before.sh ]; then
 	/khibvm/before.sh >/tmp/before.out 2>&1; echo "KHIBVM:before_rc=$?"; tail -n 5 /tmp/before.out | sed 's/^/khibvm-before: /'
 fi
@@ -156,7 +163,8 @@ for c in $(seq 1 @CYCLES@); do
 	khib-workload verify || fail verify$c
 	echo "khibvm-workload-verified $c"
 	sleep 1
-	khib-workload append-check --file /data/log || fail append-check$c
+	out=$(khib-workload append-check --file /data/log) || fail append-check$c
+	echo "khibvm-append-check $c $out"
 	echo "a" > /tmp/probe && cat /tmp/probe >/dev/null || fail tmpfs$c
 done
 # The file survives a clean unmount and can still be appended to.
@@ -167,7 +175,8 @@ khib-workload append-check --file /data/log || fail append-check-remount
 khib-workload append-start --file /data/log || fail append-restart
 sleep 1
 khib-workload append-stop || fail append-stop2
-khib-workload append-check --file /data/log || fail append-check-final
+out=$(khib-workload append-check --file /data/log) || fail append-check-final
+echo "khibvm-append-final $out"
 umount /data
 if [ -x /khibvm/after.sh ]; then
 	/khibvm/after.sh >/tmp/after.out 2>&1; echo "KHIBVM:after_rc=$?"; tail -n 5 /tmp/after.out | sed 's/^/khibvm-after: /'
@@ -187,8 +196,60 @@ var (
 	userLineRE   = regexp.MustCompile(`^khibvm-(before|after): (.*)$`)
 )
 
-func cycleRootfs(env *scenario.Env, cycles int) (string, error) {
-	script := workloadScript(cycleScript, workloadMiB(env, 256), "@CYCLES@", fmt.Sprint(cycles))
+// ackFlag makes the appender acknowledge each fdatasync'ed record on the
+// console, where the host reads it (ackRE).
+const ackFlag = "--ack /dev/console"
+
+var (
+	ackRE         = regexp.MustCompile(`^khib-ack (\d+)$`)
+	appendCheckRE = regexp.MustCompile(`^khibvm-append-(check (\d+)|final) appender: \S+ holds lines 1\.\.(\d+) in order`)
+)
+
+// maxAck is the highest record acknowledged on the machines' consoles.
+func maxAck(machines ...*vm.Machine) int {
+	top := 0
+	for _, m := range machines {
+		for _, l := range m.Lines() {
+			if mm := ackRE.FindStringSubmatch(l.Text); mm != nil {
+				var n int
+				fmt.Sscan(mm[1], &n)
+				top = max(top, n)
+			}
+		}
+	}
+	return top
+}
+
+// appendChecks returns the records the guest found in its file after
+// resume c (key c), and at the end (key 0).
+func appendChecks(m *vm.Machine) map[int]int {
+	out := map[int]int{}
+	for _, l := range m.Lines() {
+		if mm := appendCheckRE.FindStringSubmatch(l.Text); mm != nil {
+			var c, n int
+			if mm[2] != "" {
+				fmt.Sscan(mm[2], &c)
+			}
+			fmt.Sscan(mm[3], &n)
+			out[c] = n
+		}
+	}
+	return out
+}
+
+// fsckClean runs e2fsck -fn on an ext4 image the guest has unmounted and
+// whose QEMU has exited.
+func fsckClean(disk string) error {
+	out, err := exec.Command("e2fsck", "-fn", disk).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("e2fsck -fn %s: %v\n%s", disk, err, out)
+	}
+	return nil
+}
+
+func cycleRootfs(env *scenario.Env, cycles int, acked bool) (string, error) {
+	script := workloadScript(cycleScript, workloadMiB(env, 256), "@CYCLES@", fmt.Sprint(cycles),
+		"@ACK@", map[bool]string{true: ackFlag}[acked])
 	rfs, err := khibGuest(env, script)
 	if err != nil {
 		return "", err
@@ -248,9 +309,19 @@ func newDataDisk(env *scenario.Env) (string, error) {
 // runCycles drives the boots of a hibernate/resume scenario: boot 1 starts
 // the workload and hibernates; each later boot resumes (or, with tamper,
 // must refuse to); a last boot must be normal.
-func runCycles(ctx context.Context, env *scenario.Env, cycles int, tp *tamper) (scenario.Result, error) {
+// cycleRun says what runCycles does: how many cycles, with what tamper
+// before the first resume, and whether the appender acknowledges fsync'ed
+// records (which every later check then holds it to).
+type cycleRun struct {
+	cycles int
+	tp     *tamper
+	acked  bool
+}
+
+func runCycles(ctx context.Context, env *scenario.Env, run cycleRun) (scenario.Result, error) {
+	cycles, tp := run.cycles, run.tp
 	res := scenario.Result{"workload_mib": workloadMiB(env, 256), "cycles": cycles}
-	initrd, err := cycleRootfs(env, cycles)
+	initrd, err := cycleRootfs(env, cycles, run.acked)
 	if err != nil {
 		return res, err
 	}
@@ -340,6 +411,18 @@ func runCycles(ctx context.Context, env *scenario.Env, cycles int, tp *tamper) (
 		if countLines(m, restoreRE) == 0 {
 			return res, fmt.Errorf("resume %d: the workload verified but no restore helper ran", c)
 		}
+		if run.acked {
+			machines := env.Machines()
+			acked := maxAck(machines[:len(machines)-1]...)
+			if _, err := m.WaitFor(ctx, regexp.MustCompile(fmt.Sprintf(`^khibvm-append-check %d `, c)), env.Remaining()); err != nil {
+				return res, fmt.Errorf("resume %d: no check of the appended file: %w", c, err)
+			}
+			got, ok := appendChecks(m)[c]
+			if !ok || got < acked {
+				return res, fmt.Errorf("resume %d: the file holds records 1..%d, but %d were acknowledged before the hibernation", c, got, acked)
+			}
+			say("resume %d: the file holds records 1..%d; %d were acknowledged before", c, got, acked)
+		}
 		for _, l := range m.Lines() {
 			if mm := backAfterRE.FindStringSubmatch(l.Text); mm != nil {
 				var f float64
@@ -365,6 +448,14 @@ func runCycles(ctx context.Context, env *scenario.Env, cycles int, tp *tamper) (
 		return res, fmt.Errorf("A failed at %q after resuming", figureString(fig, "failed_step"))
 	}
 	ok := userCommands(env.Machines(), res)
+	if run.acked {
+		acked := maxAck(env.Machines()...)
+		got, have := appendChecks(m)[0]
+		if !have || got < acked {
+			return res, fmt.Errorf("at the end the file holds records 1..%d, but %d were acknowledged", got, acked)
+		}
+		res["acked_writes"], res["records_on_disk"], res["lost_writes"] = acked, got, 0
+	}
 
 	// One more boot: the image is spent, so it must be a normal one.
 	say("boot %d: the image was used, so this boot must be normal", cycles+2)
@@ -381,12 +472,17 @@ func runCycles(ctx context.Context, env *scenario.Env, cycles int, tp *tamper) (
 	if countLines(m, restoreRE) != 0 || countLines(m, regexp.MustCompile(`already resumed from`)) != 1 {
 		return res, fmt.Errorf("the boot after the resume did not refuse the spent image")
 	}
+	if err := fsckClean(dataDisk); err != nil {
+		return res, err
+	}
+	res["fsck"] = "clean"
 	res["hibernate_s"] = scenario.Round3(median(hib))
 	res["resume_s"] = scenario.Round3(median(resume))
 	res["away_s"] = scenario.Round3(median(away))
 	res["image_mib"] = scenario.Round3(median(sizes))
 	if cycles > 1 {
 		res["hibernate_all_s"], res["resume_all_s"] = rounded(hib), rounded(resume)
+		res["hibernate_dist_s"], res["resume_dist_s"] = distribution(hib), distribution(resume)
 	}
 	say("workload verified after every resume; the ext4 file is whole and still appendable; the next boot was normal")
 	if !ok {
@@ -506,6 +602,18 @@ func corruptChunkIn(disk string, base, size int64) (string, error) {
 		return "", err
 	}
 	return fmt.Sprintf("flipped byte at offset %#x in chunk %d", off, k), f.Sync()
+}
+
+// distribution is the minimum, median, 90th percentile and maximum of v.
+func distribution(v []float64) map[string]float64 {
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	if len(s) == 0 {
+		return nil
+	}
+	p90 := s[min(len(s)-1, (len(s)*9+9)/10-1)]
+	return map[string]float64{"min": scenario.Round3(s[0]), "median": scenario.Round3(median(s)),
+		"p90": scenario.Round3(p90), "max": scenario.Round3(s[len(s)-1])}
 }
 
 func rounded(v []float64) []float64 {
