@@ -26,7 +26,30 @@ func resumeStage1(dev string) { resumeFrom(dev, helper.DefaultKernel()) }
 // pages are all back.
 func resumeFrom(dev, kernel string) {
 	t0 := time.Now()
-	rd, f, err := openResumeImage(dev)
+	f, size, err := openResumeDevice(dev)
+	if err != nil {
+		console("khib: no hibernation image on %s (%v); booting normally.", dev, err)
+		return
+	}
+	defer f.Close()
+	// image.Check is everything about the image's bytes, the very check
+	// internal/corrupt runs its mutations through; the machine's checks
+	// go in before the long read of every chunk.
+	var p *progress
+	rd, err := image.Check(f, size, image.CheckOptions{
+		Before: func(rd *image.Reader) error {
+			if err := checkResumable(rd); err != nil {
+				return err
+			}
+			meta := rd.Meta()
+			console("khib: found a hibernation image on %s: %s, made %s, %d MiB; verifying every chunk",
+				dev, meta.KernelRelease, meta.Created.Format(time.RFC3339), rd.Stats().ImageBytes>>20)
+			p = newProgress("khib", "verifying", uint64(rd.Stats().Chunks))
+			p.items = "chunks"
+			return nil
+		},
+		Progress: func(done, total int) { p.set(uint64(done)) },
+	})
 	if err != nil {
 		if errors.Is(err, image.ErrNotImage) || errors.Is(err, image.ErrIncomplete) {
 			console("khib: no hibernation image on %s (%v); booting normally.", dev, err)
@@ -37,20 +60,7 @@ func resumeFrom(dev, kernel string) {
 		}
 		return
 	}
-	defer f.Close()
 	meta := rd.Meta()
-	if err := checkResumable(rd); err != nil {
-		refuse(dev, err)
-		return
-	}
-	console("khib: found a hibernation image on %s: %s, made %s, %d MiB; verifying every chunk",
-		dev, meta.KernelRelease, meta.Created.Format(time.RFC3339), rd.Stats().ImageBytes>>20)
-	p := newProgress("khib", "verifying", uint64(rd.Stats().Chunks))
-	p.items = "chunks"
-	if err := rd.Verify(func(done, total int) { p.set(uint64(done)) }); err != nil {
-		refuse(dev, err)
-		return
-	}
 	console("khib: image intact (%.1f s); loading the restore helper into %s", time.Since(t0).Seconds(), meta.Region)
 	plan, err := helper.LoadRestore(kernel, kexec.Range{Start: meta.Region.Start, End: meta.Region.End}, meta.UUID.String())
 	if err != nil {
@@ -74,9 +84,9 @@ func refuse(dev string, err error) {
 		"  (khib image inspect %s); it is overwritten by the next hibernation.", dev, err, dev, dev)
 }
 
-// openResumeImage opens the image on dev read-only, waiting a few
-// seconds for the device to appear.
-func openResumeImage(dev string) (*image.Reader, *os.File, error) {
+// openResumeDevice opens dev read-only, waiting a few seconds for the
+// device to appear, and returns its size.
+func openResumeDevice(dev string) (*os.File, int64, error) {
 	var f *os.File
 	var err error
 	for i := 0; i < 50; i++ {
@@ -86,24 +96,19 @@ func openResumeImage(dev string) (*image.Reader, *os.File, error) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %v", image.ErrNotImage, err)
+		return nil, 0, err
 	}
 	size, err := fileSize(f)
 	if err != nil {
 		f.Close()
-		return nil, nil, err
+		return nil, 0, err
 	}
-	rd, err := image.Open(f, size)
-	if err != nil {
-		f.Close()
-		return nil, nil, err
-	}
-	return rd, f, nil
+	return f, size, nil
 }
 
 // checkResumable refuses an image that this machine and kernel cannot
 // resume: another kernel build, another memory map, or an R that is not
-// free RAM here.
+// free RAM here. It runs inside image.Check, before the chunks are read.
 func checkResumable(rd *image.Reader) error {
 	meta := rd.Meta()
 	buildID, err := elfcore.ReadKernelBuildID("/sys/kernel/notes")
@@ -120,19 +125,17 @@ func checkResumable(rd *image.Reader) error {
 	if want, have := meta.Host["firmware_ram"], helper.RAMSummary(fw); want == "" || want != have {
 		return fmt.Errorf("the memory map differs: the image was made with RAM %s, this machine has %s", orNone(want), have)
 	}
-	// R must be RAM here: C runs there. (That no page of the image lies
-	// in R, image.Open has checked.)
+	// R must be RAM here: C runs there. (That R is not empty and that no
+	// page of the image lies in it, image.Check has checked, as it has the
+	// jump-back entry.)
 	inRAM := false
 	for _, e := range fw {
 		if e.Type == kexec.E820RAM && e.Addr <= meta.Region.Start && meta.Region.End <= e.Addr+e.Size {
 			inRAM = true
 		}
 	}
-	if !inRAM || meta.Region.End <= meta.Region.Start {
+	if !inRAM {
 		return fmt.Errorf("the image's helper region %s is not free RAM on this machine", meta.Region)
-	}
-	if meta.JumpBack == 0 {
-		return errors.New("the image has no jump-back entry")
 	}
 	return nil
 }
