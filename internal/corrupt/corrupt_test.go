@@ -285,6 +285,11 @@ func TestRandomMutations(t *testing.T) {
 			if len(rep.Accepted) > 0 {
 				t.Errorf("seed %d: %d mutations got through:\n%s", rep.Seed, len(rep.Accepted), strings.Join(rep.Accepted, "\n"))
 			}
+			for _, r := range []string{"superblock", "chunk header", "chunk payload", "index", "metadata"} {
+				if rep.FlipsByRegion[r] == 0 {
+					t.Errorf("no flip in the %s: %v", r, rep.FlipsByRegion)
+				}
+			}
 			for _, k := range Kinds() {
 				if rep.Tried[k] == 0 {
 					t.Errorf("no %s mutation in %d", k, rep.Mutations)
@@ -293,6 +298,7 @@ func TestRandomMutations(t *testing.T) {
 					t.Errorf("%s: %d tried, %d refused", k, rep.Tried[k], rep.Refused[k])
 				}
 			}
+			t.Logf("flips by region %v", rep.FlipsByRegion)
 			t.Logf("seed %d, %d mutations in %.2f s: tried %v, refused %v, errors %v; Restore without Verify: %d probed, %d opened, "+
 				"%d handed out pages before failing, %d ran to the end (%d pages in all)",
 				rep.Seed, rep.Mutations, rep.Seconds, rep.Tried, rep.Refused, rep.Errors,
@@ -330,6 +336,15 @@ func TestNewErrors(t *testing.T) {
 	}
 	if _, err := g.Make("nonsense"); err == nil {
 		t.Error("Make of an unknown kind succeeded")
+	}
+	if _, err := g.NextOf(ForeignSuperblock); err == nil {
+		t.Error("NextOf(foreign-superblock) without another image succeeded")
+	}
+	for _, k := range []Kind{Flip, SwapChunks, ZeroTail} {
+		m, err := g.NextOf(k)
+		if err != nil || m.Kind != k {
+			t.Errorf("NextOf(%s) = %v, %v", k, m, err)
+		}
 	}
 	// Without another image, Next still makes mutations, of the other kinds.
 	for range 50 {

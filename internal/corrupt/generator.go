@@ -141,18 +141,30 @@ var kindWeights = []struct {
 // image sees: a mutation that would leave every byte as it was (zeroing
 // zeros, swapping equal chunks) is drawn again.
 func (g *Generator) Next() (*Mutation, error) {
+	return g.next("")
+}
+
+// NextOf is Next for mutations of kind k alone.
+func (g *Generator) NextOf(k Kind) (*Mutation, error) {
+	return g.next(k)
+}
+
+func (g *Generator) next(only Kind) (*Mutation, error) {
 	total := 0
 	for _, kw := range kindWeights {
 		total += kw.w
 	}
 	for range 1000 {
-		x, k := g.rng.IntN(total), Kind("")
-		for _, kw := range kindWeights {
-			if x < kw.w {
-				k = kw.k
-				break
+		k := only
+		if k == "" {
+			x := g.rng.IntN(total)
+			for _, kw := range kindWeights {
+				if x < kw.w {
+					k = kw.k
+					break
+				}
+				x -= kw.w
 			}
-			x -= kw.w
 		}
 		m, err := g.Make(k)
 		if errors.Is(err, errNotHere) {
@@ -170,6 +182,9 @@ func (g *Generator) Next() (*Mutation, error) {
 			m.Seq = g.n
 			return m, nil
 		}
+	}
+	if only != "" {
+		return nil, fmt.Errorf("corrupt: no %s mutation changes this image", only)
 	}
 	return nil, errors.New("corrupt: no mutation changes this image")
 }
@@ -234,7 +249,11 @@ func (g *Generator) Make(k Kind) (*Mutation, error) {
 }
 
 func (g *Generator) mutation(k Kind, desc string, patches ...patch) *Mutation {
-	return &Mutation{Kind: k, Size: g.img.Size, desc: desc, base: g.img.R, baseSize: g.img.Size, patches: patches}
+	m := &Mutation{Kind: k, Size: g.img.Size, desc: desc, base: g.img.R, baseSize: g.img.Size, patches: patches}
+	if len(patches) > 0 {
+		m.Region = g.region(patches[0].off)
+	}
+	return m
 }
 
 // Truncated returns the image on a device cut to n bytes, n below the
@@ -242,7 +261,7 @@ func (g *Generator) mutation(k Kind, desc string, patches ...patch) *Mutation {
 func (g *Generator) Truncated(n int64) *Mutation {
 	n = max(min(n, g.ImageSize()-1), 0)
 	m := g.mutation(Truncate, fmt.Sprintf("device cut to %d bytes (%#x, in %s; the image ends at %#x)", n, n, g.where(n), g.ImageSize()))
-	m.Size = n
+	m.Size, m.Region = n, g.region(n)
 	return m
 }
 
@@ -411,6 +430,32 @@ var sbFieldNames = []struct {
 	{120, "IndexLen"}, {128, "IndexHash"}, {136, "MetaOff"}, {144, "MetaLen"}, {152, "MetaHash"},
 	{160, "Pages"}, {168, "ZeroPages"}, {176, "DataPages"}, {184, "Runs"}, {192, "Chunks"},
 	{200, "reserved"}, {sbSumOff, "Checksum"},
+}
+
+// region names the part of the image off is in, coarsely.
+func (g *Generator) region(off int64) string {
+	sb := &g.sb
+	switch {
+	case off < sbSize:
+		return "superblock"
+	case off < int64(sb.DataOff+sb.DataLen):
+		i := sort.Search(len(g.chunks), func(k int) bool { return int64(g.chunks[k].Offset) > off }) - 1
+		if i >= 0 && off-int64(g.chunks[i].Offset) < chunkHdr {
+			return "chunk header"
+		}
+		return "chunk payload"
+	case off < int64(sb.IndexOff):
+		return "data padding"
+	case off < int64(sb.IndexOff+sb.IndexLen):
+		return "index"
+	case off < int64(sb.MetaOff):
+		return "index padding"
+	case off < int64(sb.MetaOff+sb.MetaLen):
+		return "metadata"
+	case off < int64(sb.ImageSize):
+		return "metadata padding"
+	}
+	return "beyond the image"
 }
 
 // where says what lies at off in the image being corrupted.

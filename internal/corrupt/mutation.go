@@ -57,8 +57,13 @@ type Mutation struct {
 	Size int64
 	// Seq numbers the mutations of a Generator from 1; with the seed it
 	// names this one.
-	Seq  int
-	desc string
+	Seq int
+	// Region is the part of the image where the mutation starts (the
+	// first patched byte, or the new end for a truncation): superblock,
+	// chunk header, chunk payload, data padding, index, index padding,
+	// metadata or metadata padding.
+	Region string
+	desc   string
 
 	base     io.ReaderAt
 	baseSize int64

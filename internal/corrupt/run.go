@@ -66,6 +66,10 @@ type Report struct {
 	Mutations int          `json:"mutations"`
 	Tried     map[Kind]int `json:"tried"`
 	Refused   map[Kind]int `json:"refused"`
+	// ByRegion counts the mutations by the part of the image where they
+	// start, FlipsByRegion the byte flips alone.
+	ByRegion      map[string]int `json:"by_region"`
+	FlipsByRegion map[string]int `json:"flips_by_region"`
 	// Accepted lists every mutation the check let through, as
 	// "#seq kind: what".
 	Accepted []string `json:"accepted"`
@@ -91,7 +95,8 @@ type Report struct {
 // that get through are in the report, not an error.
 func Run(g *Generator, opts Options) (*Report, error) {
 	t0 := time.Now()
-	rep := &Report{Seed: g.Seed(), Tried: map[Kind]int{}, Refused: map[Kind]int{}, Errors: map[string]int{}, Accepted: []string{}}
+	rep := &Report{Seed: g.Seed(), Tried: map[Kind]int{}, Refused: map[Kind]int{}, Errors: map[string]int{}, Accepted: []string{},
+		ByRegion: map[string]int{}, FlipsByRegion: map[string]int{}}
 	for i := 1; i <= opts.N; i++ {
 		m, err := g.Next()
 		if err != nil {
@@ -99,6 +104,10 @@ func Run(g *Generator, opts Options) (*Report, error) {
 		}
 		rep.Mutations++
 		rep.Tried[m.Kind]++
+		rep.ByRegion[m.Region]++
+		if m.Kind == Flip {
+			rep.FlipsByRegion[m.Region]++
+		}
 		t := time.Now()
 		err = Check(m)
 		if d := time.Since(t).Seconds(); d > rep.SlowestSeconds {
