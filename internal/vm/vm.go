@@ -62,7 +62,18 @@ type Config struct {
 	OnLine func(Line)
 	// Logf, when set, receives one line per rig step (accel choice, start, exit).
 	Logf func(format string, args ...any)
+	// QMP gives the machine a QMP monitor on a Unix socket that Start
+	// places in a fresh temporary directory (Machine.QMP connects to it),
+	// and names the drives, in order, DriveID(0), DriveID(1), ... so that
+	// QMP commands can address them. -monitor none stays: QMP is separate.
+	QMP bool
+
+	qmpSocket string // set by Start when QMP is on
 }
+
+// DriveID is the id of the i-th of Config.Disks when Config.QMP is set:
+// the block backend's name in query-block, drive_del and friends.
+func DriveID(i int) string { return "disk" + strconv.Itoa(i) }
 
 // DefaultAppend is the kernel command line every scenario starts from: the
 // console on the first serial port, all messages, and a panic that stops the
@@ -175,7 +186,21 @@ func Start(ctx context.Context, cfg Config) (*Machine, error) {
 	if err != nil {
 		return nil, err
 	}
-	return start(ctx, cfg, accel, logf)
+	if !cfg.QMP {
+		return start(ctx, cfg, accel, logf)
+	}
+	// A directory of its own keeps the socket path short (sun_path holds
+	// 108 bytes) and out of the way; reap removes it.
+	dir, err := os.MkdirTemp("", "khib-qmp-")
+	if err != nil {
+		return nil, fmt.Errorf("vm: QMP socket directory: %w", err)
+	}
+	cfg.qmpSocket = filepath.Join(dir, "qmp.sock")
+	m, err := start(ctx, cfg, accel, logf)
+	if err != nil {
+		os.RemoveAll(dir)
+	}
+	return m, err
 }
 
 func withDefaults(cfg Config) Config {
@@ -222,7 +247,14 @@ func Args(cfg Config, accel string) []string {
 	if cfg.Append != "" {
 		a = append(a, "-append", cfg.Append)
 	}
-	for _, d := range cfg.Disks {
+	if cfg.QMP {
+		sock := cfg.qmpSocket
+		if sock == "" {
+			sock = "QMP-SOCKET" // chosen by Start
+		}
+		a = append(a, "-qmp", "unix:"+qemuEscape(sock)+",server=on,wait=off")
+	}
+	for i, d := range cfg.Disks {
 		// cache=writeback (QEMU's default) so that a clean QEMU exit leaves
 		// every guest write in the file for the next boot to find.
 		file := d.Path
@@ -232,6 +264,9 @@ func Args(cfg Config, accel string) []string {
 		opt := "file=" + qemuEscape(file) + ",format=raw,if=virtio,cache=writeback"
 		if d.ReadOnly {
 			opt += ",readonly=on"
+		}
+		if cfg.QMP {
+			opt += ",id=" + DriveID(i)
 		}
 		a = append(a, "-drive", opt)
 	}
@@ -421,6 +456,9 @@ func (m *Machine) reap(readers *sync.WaitGroup, outR, errR *os.File) {
 	e.PoweredOff = sawPowerOff && e.Code == 0 && !e.Panicked && !e.Killed
 	m.exit = e
 	m.exited = true
+	if m.cfg.qmpSocket != "" {
+		os.RemoveAll(filepath.Dir(m.cfg.qmpSocket))
+	}
 	fmt.Fprintf(m.log, "[%8.3f] # %s\n", at.Seconds(), e)
 	m.log.Close()
 	m.broadcastLocked()
