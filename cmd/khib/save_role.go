@@ -70,7 +70,7 @@ func save(h *helperEnv, req mailbox.Request) mailbox.Response {
 		Codec: req.Codec, Workers: runtime.NumCPU(), Sync: dev.Sync, Meta: meta, Nonce: nonce,
 	})
 	if err != nil {
-		return fail("save: %s: %v", path, err)
+		return fail("%s", saveFailure(path, size, err))
 	}
 	free := freePages(core, req)
 	var nfree uint64
@@ -80,10 +80,10 @@ func save(h *helperEnv, req mailbox.Request) mailbox.Response {
 	w.SetNote("free_pages", strconv.FormatUint(nfree, 10))
 	if err := streamCore(core, w, totalRAM(meta.RAM), free); err != nil {
 		w.Close()
-		return fail("save to %s: %v", path, err)
+		return fail("%s", saveFailure(path, size, err))
 	}
 	if err := w.Close(); err != nil {
-		return fail("save to %s: %v", path, err)
+		return fail("%s", saveFailure(path, size, err))
 	}
 	d := time.Since(t0)
 	st := w.Stats()
