@@ -247,7 +247,11 @@ func hibernate(res *hibernateResult, dev, codec string, ret bool, load helper.Op
 		if armed {
 			res.Mode = "fresh, an armed helper unloaded"
 		}
-		fmt.Fprintf(os.Stderr, "khib: hibernating to %s (%d MiB) with the %s helper\n", dev, info.Size>>20, res.Mode)
+		how := "a fresh helper"
+		if armed {
+			how += " (the parked one, armed or left by an earlier save, is replaced)"
+		}
+		fmt.Fprintf(os.Stderr, "khib: hibernating to %s (%d MiB) with %s\n", dev, info.Size>>20, how)
 		var own map[string]any
 		if countFree {
 			own = ownFreeCount()
