@@ -285,7 +285,7 @@ func TestRandomMutations(t *testing.T) {
 			if len(rep.Accepted) > 0 {
 				t.Errorf("seed %d: %d mutations got through:\n%s", rep.Seed, len(rep.Accepted), strings.Join(rep.Accepted, "\n"))
 			}
-			for _, r := range []string{"superblock", "chunk header", "chunk payload", "index", "metadata"} {
+			for _, r := range []string{"superblock", "chunk_header", "chunk_payload", "index", "metadata"} {
 				if rep.FlipsByRegion[r] == 0 {
 					t.Errorf("no flip in the %s: %v", r, rep.FlipsByRegion)
 				}
@@ -300,9 +300,14 @@ func TestRandomMutations(t *testing.T) {
 			}
 			t.Logf("flips by region %v", rep.FlipsByRegion)
 			t.Logf("seed %d, %d mutations in %.2f s: tried %v, refused %v, errors %v; Restore without Verify: %d probed, %d opened, "+
-				"%d handed out pages before failing, %d ran to the end (%d pages in all)",
+				"%d handed out pages before failing, %d ran to the end %v (%d pages in all, %d of them not the original's)",
 				rep.Seed, rep.Mutations, rep.Seconds, rep.Tried, rep.Refused, rep.Errors,
-				rep.Probed, rep.ProbeOpened, rep.ProbeLeaked, rep.ProbeCompleted, rep.ProbePages)
+				rep.Probed, rep.ProbeOpened, rep.ProbeLeaked, len(rep.ProbeCompleted), rep.ProbeCompleted, rep.ProbePages, rep.ProbeWrong)
+			// Restore checks each chunk before its pages leave the reader:
+			// what it hands out of a mutated image are the original's pages.
+			if rep.ProbeWrong != 0 {
+				t.Errorf("Restore handed out %d pages that are not the original's", rep.ProbeWrong)
+			}
 		})
 	}
 	t.Logf("%d mutations, all refused", total)

@@ -328,7 +328,7 @@ func (g *Generator) flip() (*Mutation, error) {
 	if g.rng.IntN(2) == 0 {
 		x = byte(1 + g.rng.IntN(255))
 	}
-	return g.mutation(Flip, fmt.Sprintf("byte %#x (%s) xor %#02x: %#02x -> %#02x", off, g.where(off), x, b[0], b[0]^x),
+	return g.mutation(Flip, fmt.Sprintf("byte %#x (%s) xor %#02x: was %#02x, now %#02x", off, g.where(off), x, b[0], b[0]^x),
 		patch{off: off, data: []byte{b[0] ^ x}, n: 1}), nil
 }
 
@@ -415,7 +415,7 @@ func (g *Generator) state() (*Mutation, error) {
 	old := image.State(le.Uint32(page[12:]))
 	le.PutUint32(page[12:], uint32(s))
 	le.PutUint64(page[sbSumOff:], xxhash.Sum64(page[:sbSumOff]))
-	return g.mutation(State, fmt.Sprintf("superblock state %v -> %v (%d), checksum recomputed to %#x", old, s, uint32(s), le.Uint64(page[sbSumOff:])),
+	return g.mutation(State, fmt.Sprintf("superblock state %v changed to %v (%d), checksum recomputed to %#x", old, s, uint32(s), le.Uint64(page[sbSumOff:])),
 		patch{off: 0, n: sbSize, data: page}), nil
 }
 
@@ -441,21 +441,21 @@ func (g *Generator) region(off int64) string {
 	case off < int64(sb.DataOff+sb.DataLen):
 		i := sort.Search(len(g.chunks), func(k int) bool { return int64(g.chunks[k].Offset) > off }) - 1
 		if i >= 0 && off-int64(g.chunks[i].Offset) < chunkHdr {
-			return "chunk header"
+			return "chunk_header"
 		}
-		return "chunk payload"
+		return "chunk_payload"
 	case off < int64(sb.IndexOff):
-		return "data padding"
+		return "data_padding"
 	case off < int64(sb.IndexOff+sb.IndexLen):
 		return "index"
 	case off < int64(sb.MetaOff):
-		return "index padding"
+		return "index_padding"
 	case off < int64(sb.MetaOff+sb.MetaLen):
 		return "metadata"
 	case off < int64(sb.ImageSize):
-		return "metadata padding"
+		return "metadata_padding"
 	}
-	return "beyond the image"
+	return "beyond_image"
 }
 
 // where says what lies at off in the image being corrupted.

@@ -60,8 +60,8 @@ type Mutation struct {
 	Seq int
 	// Region is the part of the image where the mutation starts (the
 	// first patched byte, or the new end for a truncation): superblock,
-	// chunk header, chunk payload, data padding, index, index padding,
-	// metadata or metadata padding.
+	// chunk_header, chunk_payload, data_padding, index, index_padding,
+	// metadata or metadata_padding.
 	Region string
 	desc   string
 

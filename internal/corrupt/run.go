@@ -1,6 +1,7 @@
 package corrupt
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"time"
@@ -27,23 +28,37 @@ type Probe struct {
 	Opened bool   // image.Open accepted the mutated image, so Restore ran
 	Pages  uint64 // pages Restore handed out before it stopped
 	Data   uint64 // of them, pages of chunks (not zero runs)
-	Err    error  // Restore's error; nil with Opened: every page was handed out
+	// Wrong counts the pages handed out that differ from the original
+	// image's page at the same place (or that it does not hold).
+	Wrong uint64
+	Err   error // Restore's error; nil with Opened: every page was handed out
 }
 
 // ProbeRestore opens the mutated image and restores it into nothing,
-// counting the pages handed out.
+// counting the pages handed out and comparing each with the original's.
 func ProbeRestore(m *Mutation) Probe {
 	rd, err := image.Open(m.ReaderAt(), m.Size)
 	if err != nil {
 		return Probe{Err: err}
 	}
 	defer rd.Close()
+	orig, err := image.Open(m.base, m.baseSize)
+	if err != nil {
+		return Probe{Err: fmt.Errorf("corrupt: the original image: %w", err)}
+	}
+	defer orig.Close()
 	p := Probe{Opened: true}
-	p.Err = rd.Restore(func(_ uint64, pages []byte, zero bool) error {
+	p.Err = rd.Restore(func(pfn uint64, pages []byte, zero bool) error {
 		n := uint64(len(pages) / image.PageSize)
 		p.Pages += n
 		if !zero {
 			p.Data += n
+		}
+		for i := range n {
+			want, err := orig.ReadPage(pfn + i)
+			if err != nil || !bytes.Equal(want, pages[i*image.PageSize:(i+1)*image.PageSize]) {
+				p.Wrong++
+			}
 		}
 		return nil
 	})
@@ -78,16 +93,18 @@ type Report struct {
 	Errors map[string]int `json:"errors"`
 	// Restore probes: how many mutations were also restored without a
 	// Verify first, how many of them opened, how many had pages handed
-	// out before Restore failed, and how many Restore took in full
-	// though the check refused them.
-	Probed         int     `json:"probed"`
-	ProbeOpened    int     `json:"probe_opened"`
-	ProbeLeaked    int     `json:"probe_pages_before_error"`
-	ProbeCompleted int     `json:"probe_restore_completed"`
-	ProbePages     uint64  `json:"probe_pages_handed_out"`
-	Seconds        float64 `json:"seconds"`
-	SlowestSeconds float64 `json:"slowest_check_s"`
-	Slowest        string  `json:"slowest_check"`
+	// out before Restore failed, and which Restore took in full though
+	// the check refused them; the pages handed out in all, and how many
+	// of them differed from the original image's.
+	Probed         int      `json:"probed"`
+	ProbeOpened    int      `json:"probe_opened"`
+	ProbeLeaked    int      `json:"probe_pages_before_error"`
+	ProbeCompleted []string `json:"probe_restore_completed"`
+	ProbePages     uint64   `json:"probe_pages_handed_out"`
+	ProbeWrong     uint64   `json:"probe_wrong_pages"`
+	Seconds        float64  `json:"seconds"`
+	SlowestSeconds float64  `json:"slowest_check_s"`
+	Slowest        string   `json:"slowest_check"`
 }
 
 // Run makes opts.N mutations with g and checks each. An error means the
@@ -96,7 +113,7 @@ type Report struct {
 func Run(g *Generator, opts Options) (*Report, error) {
 	t0 := time.Now()
 	rep := &Report{Seed: g.Seed(), Tried: map[Kind]int{}, Refused: map[Kind]int{}, Errors: map[string]int{}, Accepted: []string{},
-		ByRegion: map[string]int{}, FlipsByRegion: map[string]int{}}
+		ByRegion: map[string]int{}, FlipsByRegion: map[string]int{}, ProbeCompleted: []string{}}
 	for i := 1; i <= opts.N; i++ {
 		m, err := g.Next()
 		if err != nil {
@@ -129,11 +146,12 @@ func Run(g *Generator, opts Options) (*Report, error) {
 			if p.Opened {
 				rep.ProbeOpened++
 				rep.ProbePages += p.Pages
+				rep.ProbeWrong += p.Wrong
 				if p.Err != nil && p.Pages > 0 {
 					rep.ProbeLeaked++
 				}
 				if p.Err == nil && err != nil {
-					rep.ProbeCompleted++
+					rep.ProbeCompleted = append(rep.ProbeCompleted, fmt.Sprintf("#%d %v", m.Seq, m))
 				}
 			}
 		}

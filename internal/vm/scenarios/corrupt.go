@@ -125,19 +125,24 @@ func runCorruptImages(ctx context.Context, env *scenario.Env) (scenario.Result, 
 		res["check_all_s"], res["slowest_check_s"], res["slowest_check"] = scenario.Round3(rep.Seconds), scenario.Round3(rep.SlowestSeconds), rep.Slowest
 		res["restore_probed"], res["restore_probe_opened"] = rep.Probed, rep.ProbeOpened
 		res["restore_probe_pages_before_error"], res["restore_probe_completed"] = rep.ProbeLeaked, rep.ProbeCompleted
+		res["restore_probe_pages"], res["restore_probe_wrong_pages"] = rep.ProbePages, rep.ProbeWrong
 		if len(rep.Accepted) > 0 {
 			res["accepted_mutations"] = rep.Accepted[:min(len(rep.Accepted), 10)]
 		}
 		env.Logf("corrupt-images: %d mutations in %.1f s: tried %v; refused %v; accepted %d; refusals by error %v; flips by region %v",
 			rep.Mutations, rep.Seconds, rep.Tried, rep.Refused, len(rep.Accepted), rep.Errors, rep.FlipsByRegion)
-		env.Logf("corrupt-images: Restore alone (no Verify first) on %d of them: %d opened, %d handed out pages before failing, %d ran to the end",
-			rep.Probed, rep.ProbeOpened, rep.ProbeLeaked, rep.ProbeCompleted)
+		env.Logf("corrupt-images: Restore alone (no Verify first) on %d of them: %d opened, %d handed out pages before failing, "+
+			"%d ran to the end %v; %d pages handed out, %d of them not the original's",
+			rep.Probed, rep.ProbeOpened, rep.ProbeLeaked, len(rep.ProbeCompleted), rep.ProbeCompleted, rep.ProbePages, rep.ProbeWrong)
 	}
 	if err != nil {
 		return res, err
 	}
 	if len(rep.Accepted) > 0 {
 		return res, fmt.Errorf("seed %d: %d of %d mutations got through stage 1's check, the first: %s", seed, len(rep.Accepted), rep.Mutations, rep.Accepted[0])
+	}
+	if rep.ProbeWrong != 0 {
+		return res, fmt.Errorf("seed %d: Restore handed out %d pages of mutated images that are not the original's", seed, rep.ProbeWrong)
 	}
 	for _, k := range corrupt.Kinds() {
 		if rep.Tried[k] == 0 {
