@@ -352,6 +352,7 @@ func runCycles(ctx context.Context, env *scenario.Env, run cycleRun) (scenario.R
 		return res, fmt.Errorf("boot 1: stage 1 did not report an empty resume device: %w", err)
 	}
 	var hib, resume, away, sizes []float64
+	var hibPhases, resPhases [][]Phase
 	for c := 1; c <= cycles; c++ {
 		start, err := m.WaitFor(ctx, hibStartRE, env.Remaining())
 		if err != nil {
@@ -365,6 +366,11 @@ func runCycles(ctx context.Context, env *scenario.Env, run cycleRun) (scenario.R
 			return res, fmt.Errorf("hibernation %d: the helper did not report a complete image", c)
 		}
 		hib = append(hib, (exit.At - start.At).Seconds())
+		if ph, err := splitPhases(m, regexp.MustCompile(fmt.Sprintf(`^khibvm-hibernate-start %d$`, c)), khibHibernateMarkers); err == nil {
+			hibPhases = append(hibPhases, ph)
+		} else {
+			env.Logf("hibernation %d: %v", c, err)
+		}
 		if c == 1 {
 			if l := lastLine(m, `^workload: pid`); l != "" {
 				say("A: %s", l)
@@ -408,6 +414,11 @@ func runCycles(ctx context.Context, env *scenario.Env, run cycleRun) (scenario.R
 			return res, fmt.Errorf("resume %d: %w", c, err)
 		}
 		resume = append(resume, v.At.Seconds())
+		if ph, err := splitPhases(m, nil, append(khibResumeMarkers, mk("khib hibernate returns", fmt.Sprintf(`^khibvm-resumed %d$`, c)))); err == nil {
+			resPhases = append(resPhases, phaseAt(ph, "(the test's check of the workload)", 0, v.At))
+		} else {
+			env.Logf("resume %d: %v", c, err)
+		}
 		if countLines(m, restoreRE) == 0 {
 			return res, fmt.Errorf("resume %d: the workload verified but no restore helper ran", c)
 		}
@@ -480,6 +491,11 @@ func runCycles(ctx context.Context, env *scenario.Env, run cycleRun) (scenario.R
 	res["resume_s"] = scenario.Round3(median(resume))
 	res["away_s"] = scenario.Round3(median(away))
 	res["image_mib"] = scenario.Round3(median(sizes))
+	res["hibernate_phases"], res["resume_phases"] = medianPhases(hibPhases), medianPhases(resPhases)
+	if env.Demo {
+		env.Logf("%s", phaseTable("hibernate, command to power-off, by phase", medianPhases(hibPhases)))
+		env.Logf("%s", phaseTable("resume, power-on to workload verified, by phase", medianPhases(resPhases)))
+	}
 	if cycles > 1 {
 		res["hibernate_all_s"], res["resume_all_s"] = rounded(hib), rounded(resume)
 		res["hibernate_dist_s"], res["resume_dist_s"] = distribution(hib), distribution(resume)
