@@ -3,6 +3,7 @@ package image
 import (
 	"bytes"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -21,13 +22,20 @@ var benchPages = sync.OnceValue(func() []byte { return mixedPages(16384, 99) })
 // stored ratio, and the share of zero pages.
 func BenchmarkWrite(b *testing.B) {
 	data := benchPages()
-	for _, codec := range []string{"s2", "zstd", "none"} {
+	for _, codec := range []string{"s2", "zstd", "none", "s2+aes", "none+aes"} {
+		codec, aes := strings.CutSuffix(codec, "+aes")
 		for _, workers := range []int{1, 2} {
-			b.Run(fmt.Sprintf("%s/workers=%d", codec, workers), func(b *testing.B) {
+			name := fmt.Sprintf("%s/workers=%d", codec, workers)
+			var enc *Encryption
+			if aes {
+				name = fmt.Sprintf("%s+aes-256-gcm/workers=%d", codec, workers)
+				enc = testEncryption(b)
+			}
+			b.Run(name, func(b *testing.B) {
 				b.SetBytes(int64(len(data)))
 				var st Stats
 				for b.Loop() {
-					w, err := NewWriter(nullDev{}, 1<<40, WriterOptions{Codec: codec, Workers: workers})
+					w, err := NewWriter(nullDev{}, 1<<40, WriterOptions{Codec: codec, Workers: workers, Encryption: enc})
 					if err != nil {
 						b.Fatal(err)
 					}
@@ -50,12 +58,19 @@ func BenchmarkWrite(b *testing.B) {
 // BenchmarkRestore reports MB/s of pages out of Restore, chunks checked.
 func BenchmarkRestore(b *testing.B) {
 	data := benchPages()
-	for _, codec := range []string{"s2", "zstd"} {
-		img, _ := write(b, WriterOptions{Codec: codec}, []seg{{0, data}})
-		b.Run(codec, func(b *testing.B) {
+	for _, codec := range []string{"s2", "zstd", "s2+aes"} {
+		codec, aes := strings.CutSuffix(codec, "+aes")
+		opts := WriterOptions{Codec: codec}
+		name := codec
+		var key []byte
+		if aes {
+			opts.Encryption, key, name = testEncryption(b), testKey, codec+"+aes-256-gcm"
+		}
+		img, _ := write(b, opts, []seg{{0, data}})
+		b.Run(name, func(b *testing.B) {
 			b.SetBytes(int64(len(data)))
 			for b.Loop() {
-				rd, err := Open(bytes.NewReader(img), int64(len(img)))
+				rd, err := OpenWith(bytes.NewReader(img), int64(len(img)), OpenOptions{Key: key})
 				if err != nil {
 					b.Fatal(err)
 				}

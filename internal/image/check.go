@@ -13,6 +13,8 @@ type CheckOptions struct {
 	Before func(rd *Reader) error
 	// Progress, if set, is passed to Verify.
 	Progress func(done, total int)
+	// Key is the master key of an encrypted image (OpenOptions.Key).
+	Key []byte
 }
 
 // Check is everything a resume checks about the bytes of an image before
@@ -23,7 +25,7 @@ type CheckOptions struct {
 // stage 1 does. Check never hands a page to anyone; it returns the Reader
 // of an image that passed, and on failure closes it and returns nil.
 func Check(r io.ReaderAt, size int64, opts CheckOptions) (*Reader, error) {
-	rd, err := Open(r, size)
+	rd, err := OpenWith(r, size, OpenOptions{Key: opts.Key})
 	if err != nil {
 		return nil, err
 	}

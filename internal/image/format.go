@@ -18,9 +18,13 @@ import (
 
 // Format constants of version 1.
 const (
-	Version        = 1    // the format version this package writes and reads
-	PageSize       = 4096 // bytes per page; the only page size version 1 knows
-	SuperblockSize = 4096 // the superblock fills the first page of the image
+	Version = 1 // the format version of unencrypted images
+	// VersionEncrypted is version 1 with every chunk, the index and the
+	// metadata sealed, and the cipher and key slots in the superblock.
+	// This package reads and writes both.
+	VersionEncrypted = 2
+	PageSize         = 4096 // bytes per page; the only page size version 1 knows
+	SuperblockSize   = 4096 // the superblock fills the first page of the image
 
 	// DefaultChunkPages pages (256 KiB) go into one chunk unless told
 	// otherwise: big enough for the codecs to find matches, small enough

@@ -53,6 +53,11 @@ func FuzzOpen(f *testing.F) {
 	for _, b := range seedImages(f) {
 		f.Add(b)
 	}
+	// Without its key an encrypted image stops at ErrEncrypted, once its
+	// superblock (cipher, key slots) has parsed: FuzzOpenEncrypted goes on.
+	segs := testSegs(4, 6)
+	enc, _ := write(f, WriterOptions{ChunkPages: 2, Workers: 1, Meta: testMeta(segs), Encryption: testEncryption(f)}, segs)
+	f.Add(enc)
 	f.Add([]byte{})
 	f.Add(Magic[:])
 	f.Fuzz(func(t *testing.T, data []byte) {

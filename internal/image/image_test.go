@@ -451,14 +451,31 @@ func TestNotImage(t *testing.T) {
 
 func TestVersion(t *testing.T) {
 	segs := testSegs(1, 10)
-	img, _ := write(t, WriterOptions{}, segs)
-	img[8] = 2
-	if _, err := openBytes(img); !errors.Is(err, ErrVersion) {
-		t.Errorf("version 2 without a version-1 checksum: %v", err)
+	good, _ := write(t, WriterOptions{}, segs)
+	if v := binary.LittleEndian.Uint32(good[8:]); v != Version {
+		t.Fatalf("an unencrypted image is version %d, want %d", v, Version)
 	}
-	rehash(img)
-	if _, err := openBytes(img); !errors.Is(err, ErrVersion) {
-		t.Errorf("version 2 with a checksum: %v", err)
+	for _, tc := range []struct {
+		version uint32
+		rehash  bool
+		want    error
+	}{
+		{3, false, ErrVersion},
+		{3, true, ErrVersion},
+		{0, true, ErrVersion},
+		// Version 2 is known: a bit flipped to it reads as corruption,
+		// and a version-2 superblock without a cipher is malformed.
+		{VersionEncrypted, false, ErrCorrupt},
+		{VersionEncrypted, true, ErrCorrupt},
+	} {
+		img := bytes.Clone(good)
+		binary.LittleEndian.PutUint32(img[8:], tc.version)
+		if tc.rehash {
+			rehash(img)
+		}
+		if _, err := openBytes(img); !errors.Is(err, tc.want) {
+			t.Errorf("version %d (rehashed %v): %v, want %v", tc.version, tc.rehash, err, tc.want)
+		}
 	}
 }
 

@@ -61,18 +61,26 @@ func appendChunkFields(b []byte, c *Chunk) []byte {
 //
 // It repeats the chunk's index entry, so that a chunk found at an offset
 // can be told from stale bytes of an older image, and so that a damaged
-// index does not leave the data unreadable by hand.
-func appendChunkHeader(b []byte, seq uint32, c *Chunk) []byte {
+// index does not leave the data unreadable by hand. In an encrypted image
+// RawHash is zero in the header: a hash of the pages in clear would let
+// anyone holding the image test guesses of their content. The sealed
+// index holds it.
+func appendChunkHeader(b []byte, seq uint32, c *Chunk, sealed bool) []byte {
 	b = append(b, chunkMagic[:]...)
 	b = binary.LittleEndian.AppendUint32(b, seq)
+	if sealed {
+		h := *c
+		h.RawHash = 0
+		return appendChunkFields(b, &h)
+	}
 	return appendChunkFields(b, c)
 }
 
 // checkChunkHeader compares a chunk header with its index entry, byte for
 // byte, reserved bytes included.
-func checkChunkHeader(h []byte, seq int, c *Chunk) string {
+func checkChunkHeader(h []byte, seq int, c *Chunk, sealed bool) string {
 	var want [chunkHeaderSize]byte
-	appendChunkHeader(want[:0], uint32(seq), c)
+	appendChunkHeader(want[:0], uint32(seq), c, sealed)
 	switch {
 	case [4]byte(h[0:4]) != chunkMagic:
 		return "no chunk header (bad magic)"
@@ -96,8 +104,14 @@ type index struct {
 }
 
 // parseIndex decodes and checks an index whose hash has been verified
-// and whose length matches the superblock's counts (Reader.checkLayout).
+// (and, in an encrypted image, that has been opened) and whose length
+// matches the superblock's counts (Reader.checkLayout).
 func parseIndex(b []byte, sb *Superblock, place *placement) (*index, error) {
+	// A sealed chunk is its payload and a tag.
+	var over uint64
+	if sb.Encrypted() {
+		over = sealOverhead
+	}
 	le := binary.LittleEndian
 	off := sb.IndexOff
 	if [4]byte(b[0:4]) != indexMagic {
@@ -170,9 +184,9 @@ func parseIndex(b []byte, sb *Superblock, place *placement) (*index, error) {
 			return nil, formatErr(eoff, "chunk %d: %d pages, want 1 to %d", i, c.Pages, sb.ChunkPages)
 		case !c.Codec.known():
 			return nil, formatErr(eoff, "chunk %d: unknown codec %d", i, uint8(c.Codec))
-		case c.Codec == CodecNone && uint64(c.Stored) != raw:
-			return nil, formatErr(eoff, "chunk %d: stored raw in %d bytes, want %d", i, c.Stored, raw)
-		case c.Codec != CodecNone && (c.Stored == 0 || uint64(c.Stored) >= raw):
+		case c.Codec == CodecNone && uint64(c.Stored) != raw+over:
+			return nil, formatErr(eoff, "chunk %d: stored raw in %d bytes, want %d", i, c.Stored, raw+over)
+		case c.Codec != CodecNone && (uint64(c.Stored) <= over || uint64(c.Stored) >= raw+over):
 			// The writer stores raw whatever does not shrink.
 			return nil, formatErr(eoff, "chunk %d: %v payload of %d bytes for %d pages", i, c.Codec, c.Stored, c.Pages)
 		}

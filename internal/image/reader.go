@@ -23,6 +23,7 @@ type Reader struct {
 	sb   Superblock
 	meta Meta
 	ix   *index
+	seal *sealer // nil: not encrypted
 
 	zonce sync.Once
 	zdec  *zstd.Decoder
@@ -35,11 +36,10 @@ type Reader struct {
 
 // cached is a decoded chunk kept for ReadPage.
 type cached struct {
-	chunk  int // -1: empty
-	used   uint64
-	stored []byte
-	raw    []byte
-	pages  []byte
+	chunk int // -1: empty
+	used  uint64
+	bufs  chunkBufs
+	pages []byte
 }
 
 // readPageCache is how many decoded chunks ReadPage keeps (1 MiB with
@@ -50,17 +50,36 @@ const readPageCache = 4
 // superblock in state Writing or Failed gives ErrIncomplete, one in state
 // Invalidated ErrInvalidated. Nothing is allocated on the say-so of the
 // image beyond what its size and the format's limits allow.
+// An encrypted image gives ErrEncrypted: OpenWith takes its key.
 func Open(r io.ReaderAt, size int64) (*Reader, error) {
-	return open(r, size, false)
+	return OpenWith(r, size, OpenOptions{})
 }
 
 // OpenInvalidated opens an image like Open, but also one in state
 // Invalidated: one that was resumed from, for inspection.
 func OpenInvalidated(r io.ReaderAt, size int64) (*Reader, error) {
-	return open(r, size, true)
+	return OpenWith(r, size, OpenOptions{Invalidated: true})
 }
 
-func open(r io.ReaderAt, size int64, invalidatedOK bool) (*Reader, error) {
+// OpenOptions are Open's variations.
+type OpenOptions struct {
+	// Key is the master key of an encrypted image (from UnlockPassphrase,
+	// say). Without it an encrypted image gives ErrEncrypted, once its
+	// superblock has checked out; an unencrypted image ignores it.
+	Key []byte
+	// Invalidated also opens an image in state Invalidated.
+	Invalidated bool
+}
+
+// OpenWith opens an image like Open, with options. An encrypted image is
+// opened with its key: the metadata and the index are opened (their
+// seals checked) before they are parsed, and every chunk when it is read.
+// A key that does not open the metadata gives ErrWrongKey.
+func OpenWith(r io.ReaderAt, size int64, opts OpenOptions) (*Reader, error) {
+	return open(r, size, opts.Invalidated, opts.Key)
+}
+
+func open(r io.ReaderAt, size int64, invalidatedOK bool, key []byte) (*Reader, error) {
 	if size < 0 {
 		size = 0
 	}
@@ -86,12 +105,28 @@ func open(r io.ReaderAt, size int64, invalidatedOK bool) (*Reader, error) {
 	// size; the section makes sure.
 	r = io.NewSectionReader(r, 0, size)
 	rd := &Reader{Workers: runtime.GOMAXPROCS(0), r: r, sb: *sb}
+	if sb.Encrypted() {
+		if key == nil {
+			return nil, fmt.Errorf("%w (%v, %s)", ErrEncrypted, sb.Cipher, slotKinds(sb.Slots))
+		}
+		if rd.seal, err = newSealer(sb.Cipher, key, sb.UUID); err != nil {
+			return nil, err
+		}
+	}
 
 	mb, err := readRegion(r, "metadata", sb.MetaOff, sb.MetaLen, sb.MetaHash)
 	if err != nil {
 		return nil, err
 	}
-	m, err := parseMeta(mb[:sb.MetaLen], sb)
+	mb = mb[:sb.MetaLen]
+	if rd.seal != nil {
+		// The first seal a reader opens: its checksum held, so a failure
+		// here is a key that is not this image's (or a forgery).
+		if mb, err = rd.seal.open(nil, mb, domainMeta, 0, 0, 0); err != nil {
+			return nil, fmt.Errorf("%w: the key does not open the metadata at offset %#x (%v): not this image's key, or the metadata was altered or comes from another image", ErrWrongKey, sb.MetaOff, err)
+		}
+	}
+	m, err := parseMeta(mb, sb)
 	if err != nil {
 		return nil, err
 	}
@@ -101,6 +136,11 @@ func open(r io.ReaderAt, size int64, invalidatedOK bool) (*Reader, error) {
 	if err != nil {
 		return nil, err
 	}
+	if rd.seal != nil {
+		if ib, err = rd.seal.open(ib[:0], ib[:sb.IndexLen], domainIndex, 0, 0, 0); err != nil {
+			return nil, formatErr(sb.IndexOff, "index: %v (altered, or from another image)", err)
+		}
+	}
 	place := newPlacement(m)
 	if rd.ix, err = parseIndex(ib, sb, &place); err != nil {
 		return nil, err
@@ -108,10 +148,27 @@ func open(r io.ReaderAt, size int64, invalidatedOK bool) (*Reader, error) {
 	return rd, nil
 }
 
+// slotKinds names the kinds of key slots, for messages.
+func slotKinds(slots []KeySlot) string {
+	s := ""
+	for i, k := range slots {
+		if i > 0 {
+			s += ", "
+		}
+		s += k.Kind.String()
+	}
+	return "key slots: " + s
+}
+
 // checkLayout checks a Complete superblock's numbers against each other,
 // against the format's limits and against the image size, so that every
 // later read is in bounds and every allocation bounded.
 func checkLayout(sb *Superblock, size uint64) error {
+	// What sealing adds to the index and the metadata (a tag each).
+	var over uint64
+	if sb.Encrypted() {
+		over = sealOverhead
+	}
 	switch {
 	case sb.PageSize != PageSize:
 		return formatErr(48, "page size %d, want %d", sb.PageSize, PageSize)
@@ -135,12 +192,12 @@ func checkLayout(sb *Superblock, size uint64) error {
 		return formatErr(136, "metadata at %#x, want %#x", sb.MetaOff, sb.IndexOff+alignUp(sb.IndexLen))
 	case sb.ImageSize != sb.MetaOff+alignUp(sb.MetaLen):
 		return formatErr(72, "image size %#x, want %#x", sb.ImageSize, sb.MetaOff+alignUp(sb.MetaLen))
-	case sb.MetaLen == 0 || sb.MetaLen > MaxMetaSize:
-		return formatErr(144, "metadata of %d bytes, want 1 to %d", sb.MetaLen, MaxMetaSize)
-	case sb.IndexLen < indexHeaderSize || sb.IndexLen > MaxIndexSize:
-		return formatErr(120, "index of %d bytes, want %d to %d", sb.IndexLen, indexHeaderSize, MaxIndexSize)
+	case sb.MetaLen <= over || sb.MetaLen > MaxMetaSize:
+		return formatErr(144, "metadata of %d bytes, want %d to %d", sb.MetaLen, over+1, MaxMetaSize)
+	case sb.IndexLen < indexHeaderSize+over || sb.IndexLen > MaxIndexSize:
+		return formatErr(120, "index of %d bytes, want %d to %d", sb.IndexLen, indexHeaderSize+over, MaxIndexSize)
 	case sb.Runs > sb.IndexLen/runEntrySize || sb.Chunks > sb.IndexLen/chunkEntrySize ||
-		sb.IndexLen != indexLen(sb.Runs, sb.Chunks):
+		sb.IndexLen != indexLen(sb.Runs, sb.Chunks)+over:
 		return formatErr(120, "index of %d bytes cannot hold %d runs and %d chunks", sb.IndexLen, sb.Runs, sb.Chunks)
 	case sb.ZeroPages > sb.Pages || sb.DataPages != sb.Pages-sb.ZeroPages:
 		return formatErr(160, "%d pages are not %d zero + %d data", sb.Pages, sb.ZeroPages, sb.DataPages)
@@ -185,7 +242,14 @@ func (rd *Reader) zstdDecoder() (*zstd.Decoder, error) {
 }
 
 // Superblock returns a copy of the superblock.
-func (rd *Reader) Superblock() Superblock { return rd.sb }
+func (rd *Reader) Superblock() Superblock {
+	sb := rd.sb
+	sb.Slots = cloneSlots(sb.Slots)
+	return sb
+}
+
+// Encrypted reports whether the image is sealed (version 2).
+func (rd *Reader) Encrypted() bool { return rd.seal != nil }
 
 // Meta returns a copy of the metadata.
 func (rd *Reader) Meta() Meta { return rd.meta.clone() }
@@ -218,30 +282,48 @@ func (rd *Reader) Stats() Stats {
 	return s
 }
 
-// chunkBufs returns buffers large enough for any chunk of this image.
-func (rd *Reader) chunkBufs() (stored, raw []byte) {
-	n := int(rd.sb.ChunkPages) * PageSize
-	return make([]byte, chunkHeaderSize+n), make([]byte, n)
+// chunkBufs are the buffers one chunk is read into: as stored (header
+// and payload), decoded, and, in an encrypted image, opened.
+type chunkBufs struct {
+	stored, raw, plain []byte
 }
 
-// readChunk reads chunk i into stored, checks its header and both hashes,
-// and returns its pages (in raw, or in stored for a raw chunk). No page of
-// a chunk is returned unless all of it checked out.
-func (rd *Reader) readChunk(i int, stored, raw []byte) ([]byte, error) {
+// chunkBufs returns buffers large enough for any chunk of this image.
+func (rd *Reader) chunkBufs() chunkBufs {
+	n := int(rd.sb.ChunkPages) * PageSize
+	if rd.seal == nil {
+		return chunkBufs{stored: make([]byte, chunkHeaderSize+n), raw: make([]byte, n)}
+	}
+	return chunkBufs{stored: make([]byte, chunkHeaderSize+n+sealOverhead), raw: make([]byte, n), plain: make([]byte, n)}
+}
+
+// readChunk reads chunk i into its stored buffer, checks its header and
+// hashes, opens its seal in an encrypted image, and returns its pages (in
+// raw, or for a raw chunk in stored or plain). The stored bytes stay as
+// they were read. No page of a chunk is returned unless all of it checked
+// out.
+func (rd *Reader) readChunk(i int, bufs chunkBufs) ([]byte, error) {
 	c := &rd.ix.chunks[i]
-	b := stored[:chunkHeaderSize+int(c.Stored)]
+	raw := bufs.raw
+	b := bufs.stored[:chunkHeaderSize+int(c.Stored)]
 	if err := readFull(rd.r, b, c.Offset); err != nil {
 		if err == errShort {
 			return nil, chunkErr(i, c.Offset, "truncated")
 		}
 		return nil, fmt.Errorf("image: reading chunk %d at offset %#x: %w", i, c.Offset, err)
 	}
-	if msg := checkChunkHeader(b, i, c); msg != "" {
+	if msg := checkChunkHeader(b, i, c, rd.seal != nil); msg != "" {
 		return nil, chunkErr(i, c.Offset, "%s", msg)
 	}
 	payload := b[chunkHeaderSize:]
 	if xxhash.Sum64(payload) != c.StoredHash {
 		return nil, chunkErr(i, c.Offset, "checksum mismatch")
+	}
+	if rd.seal != nil {
+		var err error
+		if payload, err = rd.seal.open(bufs.plain[:0], payload, domainChunk, uint64(i), c.Pages, c.Codec); err != nil {
+			return nil, chunkErr(i, c.Offset, "%v: the chunk was altered, moved or replayed", err)
+		}
 	}
 	pages, err := decode(c.Codec, payload, raw[:0:int(c.Pages)*PageSize], rd.zstdDecoder)
 	if err != nil {
@@ -304,11 +386,11 @@ func (rd *Reader) cached(ci int) (*cached, error) {
 			victim = e
 		}
 	}
-	if victim.stored == nil {
-		victim.stored, victim.raw = rd.chunkBufs()
+	if victim.bufs.stored == nil {
+		victim.bufs = rd.chunkBufs()
 	}
 	victim.chunk = -1
-	pages, err := rd.readChunk(ci, victim.stored, victim.raw)
+	pages, err := rd.readChunk(ci, victim.bufs)
 	if err != nil {
 		return nil, err
 	}
@@ -330,7 +412,7 @@ func (rd *Reader) Verify(progress func(done, total int)) error {
 		if err != nil {
 			return err
 		}
-		h.Write(j.stored[:chunkHeaderSize+int(rd.ix.chunks[k].Stored)])
+		h.Write(j.bufs.stored[:chunkHeaderSize+int(rd.ix.chunks[k].Stored)])
 		if progress != nil {
 			progress(k+1, total)
 		}
@@ -411,11 +493,11 @@ type chunkStream struct {
 }
 
 type rjob struct {
-	i           int
-	stored, raw []byte
-	pages       []byte
-	err         error
-	done        chan struct{}
+	i     int
+	bufs  chunkBufs
+	pages []byte
+	err   error
+	done  chan struct{}
 }
 
 func (rd *Reader) stream() *chunkStream {
@@ -433,7 +515,7 @@ func (rd *Reader) stream() *chunkStream {
 	}
 	for range njobs {
 		j := &rjob{done: make(chan struct{}, 1)}
-		j.stored, j.raw = rd.chunkBufs()
+		j.bufs = rd.chunkBufs()
 		s.free <- j
 	}
 	work := make(chan *rjob, njobs)
@@ -463,7 +545,7 @@ func (rd *Reader) stream() *chunkStream {
 				case <-s.quit:
 					j.pages, j.err = nil, errStopped
 				default:
-					j.pages, j.err = rd.readChunk(j.i, j.stored, j.raw)
+					j.pages, j.err = rd.readChunk(j.i, j.bufs)
 				}
 				j.done <- struct{}{}
 			}

@@ -15,7 +15,7 @@ import (
 // bytes not named here are reserved and written as zero.
 type Superblock struct {
 	Magic      [8]byte // 0: "KHIBIMG\x00"
-	Version    uint32  // 8: format version, 1
+	Version    uint32  // 8: format version: 1, or 2 for an encrypted image
 	State      State   // 12
 	UUID       UUID    // 16: this image; zero in a bare reservation
 	Nonce      Nonce   // 32: the hibernation request that reserved the device
@@ -46,9 +46,26 @@ type Superblock struct {
 	Runs      uint64 // 184: entries in the index's run table
 	Chunks    uint64 // 192: entries in the index's chunk table
 
-	// 200–4087 reserved
+	// Version 2 only (reserved, zero, in version 1): how the image is
+	// sealed and the key slots its master key is recovered from.
+	Cipher Cipher    // 200
+	Slots  []KeySlot // 201: count u8; 202: bytes u16; 204–207 reserved; 208: the slots
+
+	// the rest up to 4087 reserved
 	Checksum uint64 // 4088: xxhash64 of bytes 0–4087
 }
+
+// Offsets of the version-2 fields, and the room the key slots have.
+const (
+	sbCipherOff   = 200
+	sbNSlotsOff   = 201
+	sbSlotsLenOff = 202
+	sbSlotsOff    = 208
+	maxSlotArea   = sbChecksumOff - sbSlotsOff
+)
+
+// Encrypted reports whether the image is sealed (version 2).
+func (sb *Superblock) Encrypted() bool { return sb.Cipher != CipherNone }
 
 const sbChecksumOff = SuperblockSize - 8
 
@@ -56,10 +73,14 @@ const sbChecksumOff = SuperblockSize - 8
 func (sb *Superblock) CreatedTime() time.Time { return time.Unix(0, sb.Created) }
 
 // Marshal encodes sb into a page and sets sb.Checksum (and the magic and
-// version, which have one possible value).
+// version: 1, or 2 when sb.Cipher is set). Key slots that do not encode
+// (EncodeSlots) are left out; NewWriter has checked them.
 func (sb *Superblock) Marshal() []byte {
 	sb.Magic = Magic
 	sb.Version = Version
+	if sb.Encrypted() {
+		sb.Version = VersionEncrypted
+	}
 	b := make([]byte, SuperblockSize)
 	le := binary.LittleEndian
 	copy(b[0:8], sb.Magic[:])
@@ -79,6 +100,14 @@ func (sb *Superblock) Marshal() []byte {
 	} {
 		le.PutUint64(b[64+8*i:], v)
 	}
+	if sb.Encrypted() {
+		b[sbCipherOff] = byte(sb.Cipher)
+		if area, err := EncodeSlots(sb.Slots); err == nil {
+			b[sbNSlotsOff] = byte(len(sb.Slots))
+			le.PutUint16(b[sbSlotsLenOff:], uint16(len(area)))
+			copy(b[sbSlotsOff:], area)
+		}
+	}
 	sb.Checksum = xxhash.Sum64(b[:sbChecksumOff])
 	le.PutUint64(b[sbChecksumOff:], sb.Checksum)
 	return b
@@ -96,17 +125,18 @@ func parseSuperblock(b []byte) (*Superblock, error) {
 	sum := xxhash.Sum64(b[:sbChecksumOff])
 	version := le.Uint32(b[8:])
 	// The checksum is judged first so that a flipped bit in the version of
-	// a version-1 superblock reads as corruption. A superblock whose
-	// checksum does not match version 1's and that names another version
-	// may be laid out differently altogether.
+	// a version-1 or -2 superblock reads as corruption. A superblock whose
+	// checksum does not match and that names another version may be laid
+	// out differently altogether.
+	known := version == Version || version == VersionEncrypted
 	if sum != le.Uint64(b[sbChecksumOff:]) {
-		if version != Version {
-			return nil, fmt.Errorf("%w: version %d (this khib reads version %d)", ErrVersion, version, Version)
+		if !known {
+			return nil, fmt.Errorf("%w: version %d (this khib reads versions %d and %d)", ErrVersion, version, Version, VersionEncrypted)
 		}
 		return nil, formatErr(sbChecksumOff, "superblock checksum mismatch")
 	}
-	if version != Version {
-		return nil, fmt.Errorf("%w: version %d (this khib reads version %d)", ErrVersion, version, Version)
+	if !known {
+		return nil, fmt.Errorf("%w: version %d (this khib reads versions %d and %d)", ErrVersion, version, Version, VersionEncrypted)
 	}
 	sb := &Superblock{
 		Magic:      Magic,
@@ -135,7 +165,31 @@ func parseSuperblock(b []byte) (*Superblock, error) {
 	if _, ok := stateNames[sb.State]; !ok {
 		return nil, formatErr(12, "unknown state %d", uint32(sb.State))
 	}
+	if version == VersionEncrypted {
+		if err := parseEncryption(sb, b); err != nil {
+			return nil, err
+		}
+	}
 	return sb, nil
+}
+
+// parseEncryption reads a version-2 superblock's cipher and key slots.
+func parseEncryption(sb *Superblock, b []byte) error {
+	sb.Cipher = Cipher(b[sbCipherOff])
+	if sb.Cipher != CipherAES256GCM {
+		return formatErr(sbCipherOff, "version 2 with cipher %d (this khib knows %d, %v)", uint8(sb.Cipher), uint8(CipherAES256GCM), CipherAES256GCM)
+	}
+	n := int(b[sbNSlotsOff])
+	l := int(binary.LittleEndian.Uint16(b[sbSlotsLenOff:]))
+	if l > maxSlotArea {
+		return formatErr(sbSlotsLenOff, "key slots of %d bytes, at most %d fit", l, maxSlotArea)
+	}
+	slots, err := ParseSlots(b[sbSlotsOff:sbSlotsOff+l], n)
+	if err != nil {
+		return formatErr(sbSlotsOff, "%v", err)
+	}
+	sb.Slots = slots
+	return nil
 }
 
 // ReadSuperblock reads and checks the superblock at offset 0: magic

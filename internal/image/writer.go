@@ -28,6 +28,11 @@ type WriterOptions struct {
 	Sync  func() error
 	Meta  Meta  // A's identity; the writer fills in UUID (if zero), Created (if zero), PageSize, Codec and Hash
 	Nonce Nonce // the request's nonce, kept in the superblock
+	// Encryption, if set, makes an encrypted image (version 2): every
+	// chunk, the index and the metadata sealed under a key derived from
+	// Encryption.Key and the image's UUID, which the writer then always
+	// draws fresh (Meta.UUID must be zero).
+	Encryption *Encryption
 }
 
 // Writer streams pages into an image, in physical order. Compression runs
@@ -44,6 +49,7 @@ type Writer struct {
 	metaEst    uint64 // bytes the metadata will take, padding included
 	place      placement
 	sb         Superblock
+	seal       *sealer // nil: not encrypted
 
 	// Owned by the goroutine calling AddPages.
 	runs    []Run
@@ -136,6 +142,21 @@ func NewWriter(w io.WriterAt, capacity int64, opts WriterOptions) (*Writer, erro
 	m.PageSize = PageSize
 	m.Codec = codec.String()
 	m.Hash = HashName
+	enc := opts.Encryption
+	if enc != nil {
+		// The image key is derived from the master key and the UUID: a
+		// UUID the caller chose could repeat, and with it the key and
+		// every nonce.
+		if !m.UUID.IsZero() {
+			return nil, errors.New("image: an encrypted image takes a fresh UUID; leave Meta.UUID zero")
+		}
+		if len(enc.Key) != KeySize {
+			return nil, fmt.Errorf("image: a key of %d bytes, want %d", len(enc.Key), KeySize)
+		}
+		if _, err := EncodeSlots(enc.Slots); err != nil {
+			return nil, err
+		}
+	}
 	if m.UUID.IsZero() {
 		if m.UUID, err = NewUUID(); err != nil {
 			return nil, err
@@ -176,6 +197,14 @@ func NewWriter(w io.WriterAt, capacity int64, opts WriterOptions) (*Writer, erro
 			Created:    m.Created.UnixNano(),
 		},
 	}
+	if enc != nil {
+		if wr.seal, err = newSealer(CipherAES256GCM, enc.Key, m.UUID); err != nil {
+			return nil, err
+		}
+		wr.sb.Cipher = CipherAES256GCM
+		wr.sb.Slots = cloneSlots(enc.Slots)
+		wr.metaEst = alignUp(uint64(len(mj)+sealOverhead)) + PageSize
+	}
 	if need := uint64(SuperblockSize) + PageSize + wr.metaEst; wr.capacity < need {
 		return nil, &TooSmallError{Capacity: capacity, Need: int64(need)}
 	}
@@ -201,15 +230,16 @@ func NewWriter(w io.WriterAt, capacity int64, opts WriterOptions) (*Writer, erro
 	wr.work = make(chan *job, njobs)
 	wr.order = make(chan *job, njobs)
 	wr.seqDone = make(chan struct{})
-	encCap := s2.MaxEncodedLen(cp * PageSize)
+	// Room for a tag behind the payload, so that it is sealed in place.
+	encCap := s2.MaxEncodedLen(cp*PageSize) + sealOverhead
 	for range njobs {
 		wr.free <- &job{
-			raw:  make([]byte, cp*PageSize),
+			raw:  make([]byte, cp*PageSize, cp*PageSize+sealOverhead),
 			enc:  make([]byte, 0, encCap),
 			done: make(chan struct{}, 1),
 		}
 	}
-	wr.out = make([]byte, 0, flushSize+chunkHeaderSize+cp*PageSize+PageSize)
+	wr.out = make([]byte, 0, flushSize+chunkHeaderSize+cp*PageSize+sealOverhead+PageSize)
 	for range workers {
 		wr.workers.Add(1)
 		go wr.compressLoop()
@@ -355,14 +385,15 @@ func (w *Writer) compressLoop() {
 	}
 }
 
-// compress fills in a job's stored form and hashes.
+// compress fills in a job's stored form and hashes, sealing it in place
+// in an encrypted image.
 func (w *Writer) compress(j *job) {
 	raw := j.raw[:j.n*PageSize]
 	j.rawHash = xxhash.Sum64(raw)
 	var enc []byte
 	switch w.codec {
 	case CodecS2:
-		enc = s2.Encode(j.enc[:cap(j.enc)], raw)
+		enc = s2.Encode(j.enc[:cap(j.enc)-sealOverhead], raw)
 	case CodecZstd:
 		enc = w.zenc.EncodeAll(raw, j.enc[:0])
 		if cap(enc) > cap(j.enc) {
@@ -371,9 +402,15 @@ func (w *Writer) compress(j *job) {
 	}
 	if w.codec == CodecNone || len(enc) >= len(raw) {
 		j.codec, j.stored, j.storedSum = CodecNone, raw, j.rawHash
-		return
+	} else {
+		j.codec, j.stored = w.codec, enc
 	}
-	j.codec, j.stored, j.storedSum = w.codec, enc, xxhash.Sum64(enc)
+	if w.seal != nil {
+		j.stored = w.seal.seal(j.stored[:0], j.stored, domainChunk, uint64(j.seq), uint16(j.n), j.codec)
+	}
+	if w.seal != nil || j.codec != CodecNone {
+		j.storedSum = xxhash.Sum64(j.stored)
+	}
 }
 
 // sequence writes finished chunks in order. After an error it keeps
@@ -409,7 +446,7 @@ func (w *Writer) emit(j *job) error {
 		return w.tooSmall(end, j)
 	}
 	start := len(w.out)
-	w.out = appendChunkHeader(w.out, j.seq, &c)
+	w.out = appendChunkHeader(w.out, j.seq, &c, w.seal != nil)
 	w.out = append(w.out, j.stored...)
 	w.dataHash.Write(w.out[start:])
 	w.chunks = append(w.chunks, c)
@@ -520,7 +557,10 @@ func (w *Writer) finish() error {
 	sb.DataLen = w.dataEnd - SuperblockSize
 	sb.DataHash = w.dataHash.Sum64()
 
-	ix := appendIndex(make([]byte, 0, alignUp(indexLen(uint64(len(w.runs)), uint64(len(w.chunks))))), w.runs, w.chunks)
+	ix := appendIndex(make([]byte, 0, alignUp(indexLen(uint64(len(w.runs)), uint64(len(w.chunks)))+sealOverhead)), w.runs, w.chunks)
+	if w.seal != nil {
+		ix = w.seal.seal(ix[:0], ix, domainIndex, 0, 0, 0)
+	}
 	sb.IndexOff = SuperblockSize + alignUp(sb.DataLen)
 	sb.IndexLen = uint64(len(ix))
 	ix = padPage(ix)
@@ -529,6 +569,9 @@ func (w *Writer) finish() error {
 	mj, err := json.Marshal(&w.meta)
 	if err != nil {
 		return fmt.Errorf("image: encoding metadata: %w", err)
+	}
+	if w.seal != nil {
+		mj = w.seal.seal(nil, mj, domainMeta, 0, 0, 0)
 	}
 	if len(mj) > MaxMetaSize {
 		return fmt.Errorf("image: metadata of %d bytes, at most %d", len(mj), MaxMetaSize)
