@@ -325,7 +325,8 @@ func runCycles(ctx context.Context, env *scenario.Env, run cycleRun) (scenario.R
 	if err != nil {
 		return res, err
 	}
-	imgDisk, err := env.NewDisk("image.img", 1024)
+	// Sparse, and large enough for an image of all of A's RAM.
+	imgDisk, err := env.NewDisk("image.img", max(1024, env.MemMiB+256))
 	if err != nil {
 		return res, err
 	}
