@@ -62,7 +62,7 @@ func resumeFrom(dev, kernel string) {
 	}
 	meta := rd.Meta()
 	console("khib: image intact (%.1f s); loading the restore helper into %s", time.Since(t0).Seconds(), meta.Region)
-	plan, err := helper.LoadRestore(kernel, kexec.Range{Start: meta.Region.Start, End: meta.Region.End}, meta.UUID.String())
+	plan, err := helper.LoadRestore(kernel, kexec.Range{Start: meta.Region.Start, End: meta.Region.End}, meta.UUID.String(), nil)
 	if err != nil {
 		refuse(dev, fmt.Errorf("loading the restore helper: %w", err))
 		return

@@ -410,6 +410,16 @@ func Unload() error {
 // spent away. CLOCK_BOOTTIME, because A's monotonic clock stands still
 // while A is suspended for the jump.
 func Jump(st *State, req mailbox.Request) (*mailbox.Response, time.Duration, error) {
+	return JumpWithKey(st, req, nil)
+}
+
+// JumpWithKey is Jump for an encrypted save: key, the image's master key,
+// goes into the mailbox page beside the request (mailbox.PutKey), the
+// only way it reaches the helper, and is cleared from the page when the
+// jump returns, whatever happened; the helper clears it as soon as it has
+// read it. The page is locked in RAM while it holds the key, so the key
+// never reaches swap.
+func JumpWithKey(st *State, req mailbox.Request, key []byte) (*mailbox.Response, time.Duration, error) {
 	tok, err := parseToken(st.Token)
 	if err != nil {
 		return nil, 0, err
@@ -428,6 +438,13 @@ func Jump(st *State, req mailbox.Request) (*mailbox.Response, time.Duration, err
 	req.Region = st.Region
 	if err := mailbox.PutRequest(b.page, tok, req); err != nil {
 		return nil, 0, err
+	}
+	mailbox.ClearKey(b.page)
+	if key != nil {
+		defer mailbox.ClearKey(b.page) // before b.close unmaps it
+		if err := mailbox.PutKey(b.page, tok, key); err != nil {
+			return nil, 0, err
+		}
 	}
 	// Save what can be saved before leaving: if the helper never comes
 	// back, A's filesystems are at least consistent on disk.

@@ -612,3 +612,55 @@ func FuzzOpenEncrypted(f *testing.F) {
 		checkImageKey(t, data, testKey)
 	})
 }
+
+// A's encrypted reservation carries the key slots to the helper, which
+// finds it by its nonce and writes them into the image; SetState keeps them.
+func TestEncryptedReservation(t *testing.T) {
+	enc := testEncryption(t)
+	dev := newDev(1 << 26)
+	nonce := Nonce{7, 7}
+	if err := WriteEncryptedReservation(dev, nonce, dev.size, enc.Slots); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteEncryptedReservation(dev, nonce, dev.size, nil); err == nil {
+		t.Error("an encrypted reservation without key slots")
+	}
+	sb, err := FindReservation(dev, nonce)
+	if err != nil || sb.Version != VersionEncrypted || !sb.Encrypted() || len(sb.Slots) != 1 || !bytes.Equal(sb.Slots[0].Body, enc.Slots[0].Body) {
+		t.Fatalf("FindReservation = %+v, %v", sb, err)
+	}
+	if _, err := Open(dev, dev.size); !errors.Is(err, ErrIncomplete) {
+		t.Errorf("Open of a reservation = %v", err)
+	}
+	segs := testSegs(2, 30)
+	w, err := NewWriter(dev, dev.size, WriterOptions{Nonce: nonce, Meta: testMeta(segs), Encryption: &Encryption{Key: testKey, Slots: sb.Slots}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range segs {
+		if err := w.AddPages(s.pfn, s.data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := SetState(dev, StateInvalidated); err != nil {
+		t.Fatal(err)
+	}
+	sb, err = ReadSuperblock(dev)
+	if err != nil || sb.State != StateInvalidated || len(sb.Slots) != 1 {
+		t.Fatalf("after SetState: %+v, %v", sb, err)
+	}
+	key, err := UnlockPassphrase(sb, []byte(testPassphrase))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rd, err := OpenWith(dev, dev.size, OpenOptions{Key: key, Invalidated: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rd.Verify(nil); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -222,6 +222,22 @@ func readSuperblockPage(r io.ReaderAt) ([]byte, error) {
 // It also invalidates whatever image the device held before. The caller
 // syncs the device afterwards.
 func WriteReservation(w io.WriterAt, nonce [16]byte, devSize int64) error {
+	return writeReservation(w, nonce, devSize, nil)
+}
+
+// WriteEncryptedReservation is WriteReservation for an encrypted save: the
+// reservation (version 2) also carries the cipher and the key slots, which
+// the helper copies into the image it writes. A builds the slots, so that
+// a passphrase never leaves A; the master key goes to the helper through
+// memory only (internal/mailbox), never into a reservation.
+func WriteEncryptedReservation(w io.WriterAt, nonce [16]byte, devSize int64, slots []KeySlot) error {
+	if _, err := EncodeSlots(slots); err != nil {
+		return err
+	}
+	return writeReservation(w, nonce, devSize, slots)
+}
+
+func writeReservation(w io.WriterAt, nonce [16]byte, devSize int64, slots []KeySlot) error {
 	if devSize < minImageSize {
 		return &TooSmallError{Capacity: devSize, Need: minImageSize}
 	}
@@ -231,6 +247,9 @@ func WriteReservation(w io.WriterAt, nonce [16]byte, devSize int64) error {
 		PageSize: PageSize,
 		Capacity: uint64(devSize),
 		Created:  time.Now().UnixNano(),
+	}
+	if slots != nil {
+		sb.Cipher, sb.Slots = CipherAES256GCM, slots
 	}
 	if _, err := w.WriteAt(sb.Marshal(), 0); err != nil {
 		return fmt.Errorf("image: writing reservation: %w", err)

@@ -1,0 +1,324 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/khib/khib/internal/helper"
+	"github.com/khib/khib/internal/image"
+)
+
+// Encrypted images, khib's side of them (the format is internal/image's):
+//
+//   - A reads the passphrase (a file, or the terminal), draws a fresh
+//     master key, wraps it into a passphrase key slot with Argon2id, and
+//     writes the slot into the reservation (image.WriteEncryptedReservation).
+//     The master key goes to B in the mailbox page only
+//     (helper.JumpWithKey), which is in RAM, locked, and cleared when the
+//     jump returns. The passphrase never leaves A's process.
+//   - B takes the key out of the mailbox (and clears it there) before it
+//     saves A's memory, and seals the image with it and the reservation's
+//     slots.
+//   - Stage 1 asks for the passphrase on the console, three tries, and
+//     opens the image with the key; C gets the key in a cpio archive
+//     appended to its initramfs in memory (helper.LoadRestore), never on a
+//     command line or a disk.
+
+// maxPassphrase bounds a passphrase, from a file or a terminal.
+const maxPassphrase = 1024
+
+// saveKey is what an encrypted save needs in A: the master key for the
+// helper and the key slots for the reservation.
+type saveKey struct {
+	key   []byte
+	slots []image.KeySlot
+	kdf   time.Duration // the Argon2id derivation, as a figure
+}
+
+// wipe clears the master key (best effort: Go may have copied it).
+func (k *saveKey) wipe() {
+	if k != nil {
+		clear(k.key)
+	}
+}
+
+// newSaveKey reads the passphrase from passFile ("" for the terminal),
+// draws a fresh master key and wraps it into a passphrase slot.
+func newSaveKey(passFile string, p image.Argon2Params) (*saveKey, error) {
+	var pass []byte
+	var err error
+	if passFile != "" {
+		pass, err = readPassphraseFile(passFile)
+	} else {
+		pass, err = askNewPassphrase()
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer clear(pass)
+	k := &saveKey{key: make([]byte, image.KeySize)}
+	if _, err := rand.Read(k.key); err != nil {
+		return nil, fmt.Errorf("drawing a key: %w", err)
+	}
+	t0 := time.Now()
+	slot, err := image.NewPassphraseSlot(k.key, pass, p)
+	if err != nil {
+		k.wipe()
+		return nil, err
+	}
+	k.kdf = time.Since(t0)
+	k.slots = []image.KeySlot{slot}
+	return k, nil
+}
+
+// readPassphraseFile reads a passphrase from the first line of a file.
+func readPassphraseFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("passphrase file: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxPassphrase+2))
+	if err != nil {
+		return nil, fmt.Errorf("passphrase file %s: %w", path, err)
+	}
+	defer clear(b)
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	line = bytes.TrimSuffix(line, []byte("\r"))
+	return checkPassphrase(line, "passphrase file "+path)
+}
+
+func checkPassphrase(p []byte, where string) ([]byte, error) {
+	switch {
+	case len(p) == 0:
+		return nil, fmt.Errorf("%s: empty passphrase", where)
+	case len(p) > maxPassphrase:
+		return nil, fmt.Errorf("%s: passphrase longer than %d bytes", where, maxPassphrase)
+	}
+	return bytes.Clone(p), nil
+}
+
+// askNewPassphrase asks for a passphrase twice on the terminal.
+func askNewPassphrase() ([]byte, error) {
+	tty, err := os.OpenFile("/dev/tty", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		return nil, fmt.Errorf("no terminal to ask for the passphrase on (%v); give one with --passphrase-file FILE", err)
+	}
+	defer tty.Close()
+	fmt.Fprint(tty, "khib: passphrase for the hibernation image: ")
+	p1, err := readSecretLine(tty, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(p1)
+	fmt.Fprint(tty, "khib: the same passphrase again: ")
+	p2, err := readSecretLine(tty, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(p2)
+	if !bytes.Equal(p1, p2) {
+		return nil, errors.New("the two passphrases differ")
+	}
+	return checkPassphrase(p1, "terminal")
+}
+
+// errTimeout: nobody typed a line in time.
+var errTimeout = errors.New("timed out")
+
+// readSecretLine reads one line from f without echo (when f is a
+// terminal), giving up after timeout (0: never). Whatever was typed before
+// the prompt is dropped first.
+func readSecretLine(f *os.File, timeout time.Duration) ([]byte, error) {
+	fd := int(f.Fd())
+	if old, err := unix.IoctlGetTermios(fd, unix.TCGETS); err == nil {
+		t := *old
+		t.Lflag &^= unix.ECHO
+		t.Lflag |= unix.ICANON | unix.ECHONL
+		if err := unix.IoctlSetTermios(fd, unix.TCSETS, &t); err == nil {
+			defer unix.IoctlSetTermios(fd, unix.TCSETS, old)
+		}
+		_ = unix.IoctlSetInt(fd, unix.TCFLSH, unix.TCIFLUSH)
+	}
+	deadline := time.Now().Add(timeout)
+	line := make([]byte, 0, maxPassphrase+1)
+	// One byte at a time, so that nothing after the line is consumed (a
+	// terminal hands out a line at a time anyway; a pipe does not).
+	var buf [1]byte
+	for {
+		if timeout > 0 {
+			left := time.Until(deadline)
+			if left <= 0 {
+				clear(line)
+				return nil, errTimeout
+			}
+			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			n, err := unix.Poll(pfd, int(left.Milliseconds())+1)
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			if err != nil {
+				return nil, fmt.Errorf("waiting for the passphrase: %w", err)
+			}
+			if n == 0 {
+				continue
+			}
+		}
+		n, err := f.Read(buf[:])
+		for _, c := range buf[:n] {
+			if c == '\n' || c == '\r' {
+				clear(buf[:])
+				return line, nil
+			}
+			if len(line) <= maxPassphrase {
+				line = append(line, c)
+			}
+		}
+		clear(buf[:])
+		if err != nil {
+			if errors.Is(err, io.EOF) && len(line) > 0 {
+				return line, nil
+			}
+			clear(line)
+			return nil, fmt.Errorf("reading the passphrase: %w", err)
+		}
+	}
+}
+
+// saveEncryption is the helper's side: the encryption the reservation
+// asks for, with the key A left in the mailbox. Either both are there or
+// neither: a reservation that asks for encryption is never saved in clear.
+func saveEncryption(rsv *image.Superblock, key []byte) (*image.Encryption, error) {
+	switch {
+	case rsv.Encrypted() && key == nil:
+		return nil, errors.New("the reservation asks for an encrypted image, and A left no key in the mailbox")
+	case !rsv.Encrypted() && key != nil:
+		return nil, errors.New("A left a key in the mailbox, and the reservation asks for an image in clear")
+	case key == nil:
+		return nil, nil
+	}
+	return &image.Encryption{Key: key, Slots: rsv.Slots}, nil
+}
+
+// Stage 1's passphrase prompt.
+const (
+	passphraseTries   = 3
+	passphraseTimeout = 2 * time.Minute
+)
+
+// unlockFunc turns a passphrase into the image's master key; stage 1 uses
+// image.UnlockPassphrase, the tests something cheaper.
+type unlockFunc func(pass []byte) ([]byte, error)
+
+// askPassphrase asks for the passphrase of an encrypted image, prompting
+// on out and reading lines from in, tries times, and returns the master
+// key, or the reason it has none (for stage 1's refusal). Each try says
+// which it is; each wrong one says so.
+func askPassphrase(in *os.File, out io.Writer, dev string, tries int, timeout time.Duration, unlock unlockFunc) ([]byte, error) {
+	for try := 1; try <= tries; try++ {
+		fmt.Fprintf(out, "khib: the hibernation image on %s is encrypted; type its passphrase (try %d of %d, %d s):\n", dev, try, tries, int(timeout.Seconds()))
+		pass, err := readSecretLine(in, timeout)
+		if errors.Is(err, errTimeout) {
+			return nil, fmt.Errorf("no passphrase was typed within %d s", int(timeout.Seconds()))
+		}
+		if err != nil {
+			return nil, err
+		}
+		if len(pass) == 0 {
+			fmt.Fprintf(out, "khib: empty passphrase (try %d of %d)\n", try, tries)
+			continue
+		}
+		t0 := time.Now()
+		key, err := unlock(pass)
+		clear(pass)
+		if err == nil {
+			fmt.Fprintf(out, "khib: passphrase accepted (key derived in %.1f s)\n", time.Since(t0).Seconds())
+			return key, nil
+		}
+		if !errors.Is(err, image.ErrWrongKey) {
+			return nil, err
+		}
+		fmt.Fprintf(out, "khib: wrong passphrase (try %d of %d, key derived in %.1f s)\n", try, tries, time.Since(t0).Seconds())
+	}
+	return nil, fmt.Errorf("%d wrong passphrases", tries)
+}
+
+// unlockStage1 gets the master key of the encrypted image on dev from
+// the console, after checking that this machine can afford the key
+// derivation the image asks for. An error is stage 1's reason to boot
+// normally.
+func unlockStage1(dev string, sb *image.Superblock) ([]byte, error) {
+	var need uint64
+	for _, s := range sb.Slots {
+		if ps, err := s.Passphrase(); err == nil {
+			need = max(need, uint64(ps.Params.MemoryKiB)<<10)
+		}
+	}
+	if need == 0 {
+		return nil, errors.New("the image is encrypted and has no passphrase key slot (this khib unlocks passphrases only)")
+	}
+	if avail, err := memAvailable("/proc/meminfo"); err == nil && need+64<<20 > avail {
+		return nil, fmt.Errorf("the image's key derivation needs %d MiB, and this machine has %d MiB available", need>>20, avail>>20)
+	}
+	tty, err := os.OpenFile("/dev/console", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		return nil, fmt.Errorf("the image is encrypted, and there is no console to ask for its passphrase on: %w", err)
+	}
+	defer tty.Close()
+	return askPassphrase(tty, tty, dev, passphraseTries, passphraseTimeout, func(pass []byte) ([]byte, error) {
+		return image.UnlockPassphrase(sb, pass)
+	})
+}
+
+// memAvailable reads MemAvailable from a meminfo file, in bytes.
+func memAvailable(path string) (uint64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		if v, ok := strings.CutPrefix(s.Text(), "MemAvailable:"); ok {
+			kib, err := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("%s: MemAvailable %q", path, v)
+			}
+			return kib << 10, nil
+		}
+	}
+	if err := s.Err(); err != nil {
+		return 0, err
+	}
+	return 0, fmt.Errorf("%s: no MemAvailable", path)
+}
+
+// restoreKey is C's side: the master key stage 1 put into C's initramfs,
+// read and removed at once. No file means the image is not encrypted.
+func restoreKey() ([]byte, error) {
+	b, err := os.ReadFile(helper.RestoreKeyPath)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading the image's key: %w", err)
+	}
+	if err := os.Remove(helper.RestoreKeyPath); err != nil {
+		console("khib-restore: warning: removing %s: %v", helper.RestoreKeyPath, err)
+	}
+	if len(b) != image.KeySize {
+		clear(b)
+		return nil, fmt.Errorf("the image's key in %s has %d bytes, want %d", helper.RestoreKeyPath, len(b), image.KeySize)
+	}
+	return b, nil
+}
