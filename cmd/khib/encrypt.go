@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/khib/khib/internal/helper"
 	"github.com/khib/khib/internal/image"
+	"github.com/khib/khib/internal/mailbox"
 )
 
 // Encrypted images, khib's side of them (the format is internal/image's):
@@ -33,6 +35,52 @@ import (
 //     opens the image with the key; C gets the key in a cpio archive
 //     appended to its initramfs in memory (helper.LoadRestore), never on a
 //     command line or a disk.
+
+// encryptKey is the key of this khib hibernate's save when it encrypts
+// (--encrypt, or encrypt = passphrase in the configuration), nil for a
+// save in clear. cmdHibernate sets it before hibernate runs.
+var encryptKey *saveKey
+
+// reserve writes the reservation: encrypted (with the key slots) when k is.
+func reserve(f *os.File, nonce image.Nonce, size int64, k *saveKey) error {
+	if k == nil {
+		return image.WriteReservation(f, nonce, size)
+	}
+	return image.WriteEncryptedReservation(f, nonce, size, k.slots)
+}
+
+// jump enters the helper with the request and, for an encrypted save,
+// the master key (helper.JumpWithKey).
+func jump(st *helper.State, k *saveKey, req mailbox.Request) (*mailbox.Response, time.Duration, error) {
+	if k == nil {
+		return helper.Jump(st, req)
+	}
+	return helper.JumpWithKey(st, req, k.key)
+}
+
+// parseArgon2 reads --argon2's TIME,MEMORY_MIB,LANES.
+func parseArgon2(s string) (image.Argon2Params, error) {
+	var t, m, p uint64
+	parts := strings.Split(s, ",")
+	var err error
+	if len(parts) == 3 {
+		t, err = strconv.ParseUint(parts[0], 10, 32)
+		if err == nil {
+			m, err = strconv.ParseUint(parts[1], 10, 32)
+		}
+		if err == nil {
+			p, err = strconv.ParseUint(parts[2], 10, 8)
+		}
+	}
+	if len(parts) != 3 || err != nil || m > image.MaxArgon2Memory>>10 {
+		return image.Argon2Params{}, fmt.Errorf("--argon2 %q: want TIME,MEMORY_MIB,LANES, e.g. 3,64,4", s)
+	}
+	a := image.Argon2Params{Time: uint32(t), MemoryKiB: uint32(m << 10), Threads: uint8(p)}
+	if err := a.Validate(); err != nil {
+		return image.Argon2Params{}, fmt.Errorf("--argon2 %q: %v", s, err)
+	}
+	return a, nil
+}
 
 // maxPassphrase bounds a passphrase, from a file or a terminal.
 const maxPassphrase = 1024
@@ -321,4 +369,117 @@ func restoreKey() ([]byte, error) {
 		return nil, fmt.Errorf("the image's key in %s has %d bytes, want %d", helper.RestoreKeyPath, len(b), image.KeySize)
 	}
 	return b, nil
+}
+
+// unlockImage is stage 1's first step for an encrypted image: its
+// passphrase, asked on the console, before anything else is read. It
+// returns nil and true for an image in clear (or none, or one that is not
+// complete: image.Check says what of it), the key and true for an
+// encrypted one whose passphrase was typed, and false when stage 1 must
+// boot normally, having said why.
+func unlockImage(f *os.File, dev string) ([]byte, bool) {
+	sb, err := image.ReadSuperblock(f)
+	if err != nil || !sb.Encrypted() || sb.State != image.StateComplete {
+		return nil, true
+	}
+	console("khib: found an encrypted hibernation image on %s (made %s, %d MiB, %v, %s)",
+		dev, sb.CreatedTime().UTC().Format(time.RFC3339), sb.ImageSize>>20, sb.Cipher, slotSummary(sb.Slots))
+	key, err := unlockStage1(dev, sb)
+	if err != nil {
+		console("khib: NOT resuming from the hibernation image on %s:\n  %v\n"+
+			"  Nothing of the image was restored; booting normally. The image stays on %s, encrypted:\n"+
+			"  the next boot asks again (khib.resume=off on the kernel command line skips it), the next hibernation overwrites it.", dev, err, dev)
+		return nil, false
+	}
+	return key, true
+}
+
+// slotSummary describes key slots for people.
+func slotSummary(slots []image.KeySlot) string {
+	var parts []string
+	for _, s := range slots {
+		d := s.Kind.String()
+		if ps, err := s.Passphrase(); err == nil {
+			d += " (" + ps.Params.String() + ")"
+		}
+		parts = append(parts, d)
+	}
+	return "key slots: " + strings.Join(parts, ", ")
+}
+
+// imageKey is khib image's side: the key of an encrypted image, from
+// passFile or (for verify) the terminal. Without a passphrase, inspect
+// prints the header and is done (done true, with the exit status).
+func imageKey(f *os.File, path, sub, passFile string, asJSON bool) (key []byte, done bool, code int) {
+	sb, err := image.ReadSuperblock(f)
+	if err != nil || !sb.Encrypted() {
+		return nil, false, 0
+	}
+	if passFile == "" && sub == "inspect" {
+		return nil, true, inspectHeader(sb, path, asJSON)
+	}
+	var pass []byte
+	if passFile != "" {
+		pass, err = readPassphraseFile(passFile)
+	} else {
+		pass, err = askPassphraseTerminal(path)
+	}
+	if err == nil {
+		key, err = image.UnlockPassphrase(sb, pass)
+		clear(pass)
+	}
+	if err != nil {
+		if asJSON {
+			json.NewEncoder(os.Stdout).Encode(map[string]any{"ok": false, "path": path, "error": err.Error()})
+		}
+		return nil, true, fail("image %s: %s: %v", sub, path, err)
+	}
+	return key, false, 0
+}
+
+// askPassphraseTerminal asks once for an existing image's passphrase.
+func askPassphraseTerminal(path string) ([]byte, error) {
+	tty, err := os.OpenFile("/dev/tty", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		return nil, fmt.Errorf("the image is encrypted, and there is no terminal to ask for its passphrase on (%v); give --passphrase-file FILE", err)
+	}
+	defer tty.Close()
+	fmt.Fprintf(tty, "khib: passphrase of the image on %s: ", path)
+	p, err := readSecretLine(tty, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(p)
+	return checkPassphrase(p, "terminal")
+}
+
+// inspectHeader prints what an encrypted image shows without its key.
+func inspectHeader(sb *image.Superblock, path string, asJSON bool) int {
+	if asJSON {
+		var slots []map[string]any
+		for _, s := range sb.Slots {
+			d := map[string]any{"kind": s.Kind.String()}
+			if ps, err := s.Passphrase(); err == nil {
+				d["argon2id"] = map[string]any{"time": ps.Params.Time, "memory_kib": ps.Params.MemoryKiB, "lanes": ps.Params.Threads}
+			}
+			slots = append(slots, d)
+		}
+		json.NewEncoder(os.Stdout).Encode(map[string]any{
+			"path": path, "state": sb.State.String(), "version": sb.Version, "encrypted": true,
+			"uuid": sb.UUID.String(), "created": sb.CreatedTime().UTC(), "cipher": sb.Cipher.String(), "key_slots": slots,
+			"codec": sb.Codec.String(), "pages": sb.Pages, "zero_pages": sb.ZeroPages, "data_pages": sb.DataPages,
+			"chunks": sb.Chunks, "stored_bytes": sb.DataLen, "image_bytes": sb.ImageSize,
+		})
+		return 0
+	}
+	fmt.Printf("image %s\n", path)
+	fmt.Printf("  state        %s (format version %d)\n", sb.State, sb.Version)
+	fmt.Printf("  encrypted    %s, %s\n", sb.Cipher, slotSummary(sb.Slots))
+	fmt.Printf("  uuid         %s\n", sb.UUID)
+	fmt.Printf("  created      %s\n", sb.CreatedTime().UTC().Format(time.RFC3339))
+	fmt.Printf("  pages        %d (%d MiB): %d zero, %d stored\n", sb.Pages, sb.Pages*image.PageSize>>20, sb.ZeroPages, sb.DataPages)
+	fmt.Printf("  stored       %.1f MiB in %d chunks, codec %s\n", float64(sb.DataLen)/(1<<20), sb.Chunks, sb.Codec)
+	fmt.Printf("  image size   %.1f MiB\n", float64(sb.ImageSize)/(1<<20))
+	fmt.Printf("  (A's kernel, memory map and file systems are sealed: give --passphrase-file FILE to see them)\n")
+	return 0
 }

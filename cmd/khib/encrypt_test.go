@@ -178,3 +178,108 @@ func TestNewSaveKey(t *testing.T) {
 		t.Fatal("wipe left the key")
 	}
 }
+
+func TestParseArgon2(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want image.Argon2Params
+		ok   bool
+	}{
+		{"3,64,4", image.DefaultArgon2, true},
+		{"1,1,1", image.Argon2Params{Time: 1, MemoryKiB: 1024, Threads: 1}, true},
+		{"1,1024,16", image.Argon2Params{Time: 1, MemoryKiB: 1 << 20, Threads: 16}, true},
+		{"1,1025,1", image.Argon2Params{}, false},
+		{"0,64,4", image.Argon2Params{}, false},
+		{"3,64,0", image.Argon2Params{}, false},
+		{"3,64,17", image.Argon2Params{}, false},
+		{"3,64,300", image.Argon2Params{}, false},
+		{"3,64", image.Argon2Params{}, false},
+		{"a,b,c", image.Argon2Params{}, false},
+		{"", image.Argon2Params{}, false},
+	} {
+		got, err := parseArgon2(tc.in)
+		if tc.ok != (err == nil) || got != tc.want {
+			t.Errorf("parseArgon2(%q) = %v, %v", tc.in, got, err)
+		}
+	}
+}
+
+// khib image on an encrypted image: inspect shows the header only without
+// the passphrase, everything with it; verify needs it and refuses a wrong
+// one; a flipped byte fails verify.
+func TestImageCommandEncrypted(t *testing.T) {
+	bin := buildKhib(t)
+	dir := t.TempDir()
+	pass := filepath.Join(dir, "pass")
+	os.WriteFile(pass, []byte("open sesame\n"), 0o600)
+	wrong := filepath.Join(dir, "wrong")
+	os.WriteFile(wrong, []byte("open sesame!\n"), 0o600)
+	k, err := newSaveKey(pass, image.Argon2Params{Time: 1, MemoryKiB: 256, Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	imgPath := filepath.Join(dir, "image")
+	f, err := os.Create(imgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := image.NewWriter(f, 64<<20, image.WriterOptions{
+		Meta:       image.Meta{KernelRelease: "6.12.99-secret-kernel", RAM: []image.Range{{Start: 0x100000, End: 0x200000}}, Region: image.Range{Start: 0x1f000000, End: 0x2f000000}, JumpBack: 0x1f000100},
+		Encryption: &image.Encryption{Key: k.key, Slots: k.slots},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	page := bytes.Repeat([]byte("A's secret memory "), 300)[:image.PageSize]
+	if err := w.AddPages(0x100, page); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		code   int
+		has    []string
+		hasNot []string
+	}{
+		{"inspect, header only", []string{"image", "inspect", imgPath}, 0,
+			[]string{"format version 2", "aes-256-gcm", "passphrase (argon2id t=1", "sealed"}, []string{"6.12.99-secret-kernel"}},
+		{"inspect --json, header only", []string{"image", "inspect", "--json", imgPath}, 0,
+			[]string{`"encrypted":true`, `"cipher":"aes-256-gcm"`, `"image_bytes":`}, []string{"secret-kernel"}},
+		{"inspect with the passphrase", []string{"image", "inspect", "--passphrase-file", pass, imgPath}, 0,
+			[]string{"6.12.99-secret-kernel", "aes-256-gcm"}, nil},
+		{"verify", []string{"image", "verify", "--passphrase-file", pass, imgPath}, 0, []string{"is intact"}, nil},
+		{"verify, wrong passphrase", []string{"image", "verify", "--passphrase-file", wrong, imgPath}, 1, []string{"wrong key"}, nil},
+		{"verify --json, wrong passphrase", []string{"image", "verify", "--json", "--passphrase-file", wrong, imgPath}, 1, []string{`"ok":false`}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errOut := run(t, nil, bin, tc.args...)
+			all := out + errOut
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d:\n%s", code, tc.code, all)
+			}
+			for _, s := range tc.has {
+				if !strings.Contains(all, s) {
+					t.Errorf("output lacks %q:\n%s", s, all)
+				}
+			}
+			for _, s := range tc.hasNot {
+				if strings.Contains(all, s) {
+					t.Errorf("output shows %q:\n%s", s, all)
+				}
+			}
+		})
+	}
+	b, _ := os.ReadFile(imgPath)
+	if bytes.Contains(b, []byte("secret")) {
+		t.Fatal("the image holds plaintext")
+	}
+	b[image.SuperblockSize+40] ^= 1 // in chunk 0's payload
+	os.WriteFile(imgPath, b, 0o600)
+	if code, out, errOut := run(t, nil, bin, "image", "verify", "--passphrase-file", pass, imgPath); code != 1 || !strings.Contains(out+errOut, "chunk 0") {
+		t.Fatalf("verify of a flipped chunk: exit %d\n%s%s", code, out, errOut)
+	}
+}

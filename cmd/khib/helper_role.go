@@ -20,6 +20,7 @@ type helperEnv struct {
 	mailbox  uint64
 	token    mailbox.Token
 	region   kexec.Range // R, which A's loader placed the helper in
+	key      []byte      // the master key of the encrypted save under way, from the mailbox
 }
 
 func parseHelperParams(params map[string]string) (*helperEnv, error) {
@@ -108,6 +109,18 @@ func serve(h *helperEnv) mailbox.Response {
 	req, err := mailbox.GetRequest(page, h.token)
 	if err != nil {
 		return mailbox.Response{Error: err.Error()}
+	}
+	// An encrypted save's key comes out of A's page at once, before any
+	// of A's memory is saved: the image must not hold its own key, and a
+	// jump back must find none in A's RAM.
+	if h.key, err = mailbox.TakeKey(page, h.token); err != nil {
+		return mailbox.Response{Error: err.Error()}
+	}
+	defer func() { clear(h.key); h.key = nil }()
+	if h.key != nil {
+		if err := kexec.WritePhys(h.mailbox, page); err != nil {
+			return mailbox.Response{Error: fmt.Sprintf("clearing the key in the mailbox: %v", err)}
+		}
 	}
 	t0 := time.Now()
 	var resp mailbox.Response

@@ -18,7 +18,7 @@ import (
 	"github.com/khib/khib/internal/target"
 )
 
-const hibernateHelp = `Usage: khib hibernate [--target SPEC] [--codec s2|zstd|none] [--return] [--json] [--kernel FILE]
+const hibernateHelp = `Usage: khib hibernate [--target SPEC] [--codec s2|zstd|none] [--encrypt [--passphrase-file FILE]] [--return] [--json] [--kernel FILE]
        khib hibernate --systemd [--target SPEC] [--codec ...] [--kernel FILE]
 
 Hibernate this system: jump into khib's helper kernel, which saves this
@@ -41,6 +41,15 @@ each, failures ignored, SYSTEMD_SLEEP_ACTION=hibernate), logs "entering
 hibernation" and "system resumed" lines to the journal, re-arms a helper
 that was armed before, and exits 1 with the reason if the hibernation
 failed (the system then keeps running and the unit is marked failed).
+
+With --encrypt (or encrypt = passphrase in /etc/khib.conf) the image is
+encrypted (AES-256-GCM; docs/image-format.md): khib asks for a passphrase
+on the terminal, twice, or reads the first line of --passphrase-file,
+derives a key from it with Argon2id and hands the image's key to the
+helper through memory only. Nothing secret touches a disk; the next boot
+asks for the passphrase on the console (three tries, then it boots
+normally and the image stays for the next boot). khib image inspect shows
+an encrypted image's header only; khib image verify needs the passphrase.
 
 If a helper is armed (khib arm), the jump resumes it and no kernel boots;
 otherwise khib boots one first. If anything goes wrong in the helper (no
@@ -80,6 +89,9 @@ func cmdHibernate(args []string) int {
 	noFilter := fs.Bool("no-filter", false, "save free pages too (by default the helper skips the pages A's buddy allocator has free)")
 	bench := fs.Bool("bench", false, "benchmark: save, then time a plain copy of /proc/vmcore, raw writes and, when A has it,\nmakedumpfile -d 17 to DEV (overwriting the image), and jump back")
 	kernel := fs.String("kernel", defaultHelperKernel(), "the helper kernel (bzImage), when no helper is armed")
+	encrypt := fs.Bool("encrypt", false, "encrypt the image with a key from a passphrase (default: encrypt in /etc/khib.conf)")
+	passFile := fs.String("passphrase-file", "", "with --encrypt, read the passphrase from the first line of FILE instead of the terminal")
+	argon := fs.String("argon2", "3,64,4", "with --encrypt, Argon2id's cost: TIME (passes),MEMORY (MiB),LANES")
 	fs.Usage = func() { fmt.Fprint(os.Stderr, hibernateHelp); fs.PrintDefaults() }
 	if code, ok := parseFlags(fs, args); !ok {
 		return code
@@ -112,6 +124,18 @@ func cmdHibernate(args []string) int {
 		fmt.Fprintf(os.Stderr, "khib hibernate: %v\n", err)
 		return 2
 	}
+	if cfg != nil && !set["encrypt"] {
+		*encrypt = cfg.Encrypt == "passphrase"
+	}
+	kdf, err := parseArgon2(*argon)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "khib hibernate: %v\n", err)
+		return 2
+	}
+	if (set["passphrase-file"] || set["argon2"]) && !*encrypt {
+		fmt.Fprintln(os.Stderr, "khib hibernate: --passphrase-file and --argon2 go with --encrypt")
+		return 2
+	}
 	// A target that does not resolve goes on to target.Inspect under its
 	// own name, which says what is wrong with it in the usual words.
 	dev := *spec
@@ -138,12 +162,24 @@ func cmdHibernate(args []string) int {
 	if *bench {
 		load.Extra = benchTools()
 	}
+	if *encrypt {
+		// Asked before anything is loaded or written, so that a mistyped
+		// passphrase costs nothing.
+		if encryptKey, err = newSaveKey(*passFile, kdf); err != nil {
+			return fail("hibernate: %v", err)
+		}
+		defer encryptKey.wipe()
+		fmt.Fprintf(os.Stderr, "khib: the image will be encrypted (aes-256-gcm, key from the passphrase with %v: %.1f s)\n", kdf, encryptKey.kdf.Seconds())
+	}
 	if *systemdMode {
 		return hibernateSystemd(&res, func() error { return hibernate(&res, dev, *codec, false, load, cmd, *noFilter) }, *kernel)
 	}
 	err = hibernate(&res, dev, *codec, *ret, load, cmd, *noFilter)
 	if err != nil {
 		res.Error = err.Error()
+	}
+	if encryptKey != nil && res.Figures != nil {
+		res.Figures["kdf_s"] = encryptKey.kdf.Seconds()
 	}
 	res.OK = err == nil
 	if *asJSON {
@@ -214,7 +250,7 @@ func hibernate(res *hibernateResult, dev, codec string, ret bool, load helper.Op
 	if err != nil {
 		return fmt.Errorf("opening %s: %w", dev, err)
 	}
-	err = image.WriteReservation(f, nonce, info.Size)
+	err = reserve(f, nonce, info.Size, encryptKey)
 	if err == nil {
 		err = f.Sync()
 	}
@@ -256,7 +292,7 @@ func hibernate(res *hibernateResult, dev, codec string, ret bool, load helper.Op
 		if countFree {
 			own = ownFreeCount()
 		}
-		resp, away, err := helper.Jump(st, mailbox.Request{Cmd: cmd, Nonce: nonce.String(), Codec: codec, Return: ret, FirmwareRAM: fwRAM, NoFilter: noFilter})
+		resp, away, err := jump(st, encryptKey, mailbox.Request{Cmd: cmd, Nonce: nonce.String(), Codec: codec, Return: ret, FirmwareRAM: fwRAM, NoFilter: noFilter})
 		if errors.Is(err, helper.ErrMailboxMoved) && attempt == 0 {
 			helper.Unload()
 			continue

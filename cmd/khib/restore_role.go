@@ -32,6 +32,13 @@ func runRestore(params map[string]string) {
 
 func restore(uuid string) error {
 	t0 := time.Now()
+	// An encrypted image's key, which stage 1 put into this initramfs:
+	// read and removed before anything else.
+	key, err := restoreKey()
+	if err != nil {
+		return err
+	}
+	defer clear(key)
 	var found image.UUID
 	f, path, err := target.Find(func(r io.ReaderAt) bool {
 		sb, err := image.ReadSuperblock(r)
@@ -59,7 +66,7 @@ func restore(uuid string) error {
 	if err != nil {
 		return err
 	}
-	rd, err := image.Open(f, size)
+	rd, err := image.OpenWith(f, size, image.OpenOptions{Key: key})
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}

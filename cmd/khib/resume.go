@@ -32,6 +32,14 @@ func resumeFrom(dev, kernel string) {
 		return
 	}
 	defer f.Close()
+	key, ok := unlockImage(f, dev)
+	if !ok {
+		return
+	}
+	if key != nil {
+		defer clear(key)
+		t0 = time.Now() // the figures below leave out the wait for a person
+	}
 	// image.Check is everything about the image's bytes, the very check
 	// internal/corrupt runs its mutations through; the machine's checks
 	// go in before the long read of every chunk.
@@ -49,6 +57,7 @@ func resumeFrom(dev, kernel string) {
 			return nil
 		},
 		Progress: func(done, total int) { p.set(uint64(done)) },
+		Key:      key,
 	})
 	if err != nil {
 		if errors.Is(err, image.ErrNotImage) || errors.Is(err, image.ErrIncomplete) {
@@ -62,7 +71,7 @@ func resumeFrom(dev, kernel string) {
 	}
 	meta := rd.Meta()
 	console("khib: image intact (%.1f s); loading the restore helper into %s", time.Since(t0).Seconds(), meta.Region)
-	plan, err := helper.LoadRestore(kernel, kexec.Range{Start: meta.Region.Start, End: meta.Region.End}, meta.UUID.String(), nil)
+	plan, err := helper.LoadRestore(kernel, kexec.Range{Start: meta.Region.Start, End: meta.Region.End}, meta.UUID.String(), key)
 	if err != nil {
 		refuse(dev, fmt.Errorf("loading the restore helper: %w", err))
 		return

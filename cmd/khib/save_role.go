@@ -48,6 +48,16 @@ func save(h *helperEnv, req mailbox.Request) mailbox.Response {
 	if err != nil {
 		return fail("save: %s: %v", path, err)
 	}
+	// An encrypted save: the reservation carries the key slots, the
+	// mailbox carried the key (serve took it out).
+	rsv, err := image.FindReservation(dev, nonce)
+	if err != nil {
+		return fail("save: %s: %v", path, err)
+	}
+	enc, err := saveEncryption(rsv, h.key)
+	if err != nil {
+		return fail("save: %v", err)
+	}
 	core, err := elfcore.Open("/proc/vmcore")
 	if err != nil {
 		return fail("save: A's memory is not readable: %v", err)
@@ -62,12 +72,16 @@ func save(h *helperEnv, req mailbox.Request) mailbox.Response {
 	if err := writeResponse(h, mailbox.Response{Seq: req.Seq, OK: true, Figures: map[string]any{"from_image": true}}); err != nil {
 		return fail("save: writing the mailbox: %v", err)
 	}
-	console("khib-helper: saving A (%s, %d MiB of RAM) to %s (%d MiB), codec %s",
-		meta.KernelRelease, totalRAM(meta.RAM)>>20, path, size>>20, codecName(req.Codec))
+	sealed := ""
+	if enc != nil {
+		sealed = ", encrypted (aes-256-gcm)"
+	}
+	console("khib-helper: saving A (%s, %d MiB of RAM) to %s (%d MiB), codec %s%s",
+		meta.KernelRelease, totalRAM(meta.RAM)>>20, path, size>>20, codecName(req.Codec), sealed)
 
 	t0 := time.Now()
 	w, err := image.NewWriter(dev, size, image.WriterOptions{
-		Codec: req.Codec, Workers: runtime.NumCPU(), Sync: dev.Sync, Meta: meta, Nonce: nonce,
+		Codec: req.Codec, Workers: runtime.NumCPU(), Sync: dev.Sync, Meta: meta, Nonce: nonce, Encryption: enc,
 	})
 	if err != nil {
 		return fail("%s", saveFailure(path, size, err))
@@ -101,6 +115,7 @@ func save(h *helperEnv, req mailbox.Request) mailbox.Response {
 		"uuid":         w.UUID().String(),
 		"stored_ratio": st.Ratio(),
 		"free_pages":   nfree,
+		"encrypted":    enc != nil,
 	}
 	if req.Cmd == mailbox.CmdBenchSave {
 		figs["power_off"] = false

@@ -16,6 +16,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -43,7 +44,14 @@ type Config struct {
 	HelperKernel string
 	// Codec is the image compression: s2, zstd or none.
 	Codec string
+	// Encrypt is how images are encrypted: "no" (or empty), or
+	// "passphrase" (khib hibernate asks for one on the terminal, as
+	// --encrypt does; stage 1 asks on the console).
+	Encrypt string
 }
+
+// Encrypts are the values encrypt may take.
+var Encrypts = []string{"no", "passphrase"}
 
 // Default returns the configuration that applies when no file exists.
 func Default() *Config {
@@ -130,10 +138,15 @@ func Parse(r io.Reader, name string) (*Config, error) {
 				return nil, bad("codec %q is none of %s", clip(v), strings.Join(Codecs, ", "))
 			}
 			c.Codec = v
+		case "encrypt":
+			if !slices.Contains(Encrypts, v) {
+				return nil, bad("encrypt %q is none of %s", clip(v), strings.Join(Encrypts, ", "))
+			}
+			c.Encrypt = v
 		case "":
 			return nil, bad("a line starts with '=' and names no key")
 		default:
-			return nil, bad("unknown key %q (known: target, helper_kernel, codec)", clip(k))
+			return nil, bad("unknown key %q (known: target, helper_kernel, codec, encrypt)", clip(k))
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -167,6 +180,9 @@ func (c *Config) Marshal() []byte {
 	}
 	if c.Codec != "" {
 		fmt.Fprintf(&b, "codec = %s\n", c.Codec)
+	}
+	if c.Encrypt != "" {
+		fmt.Fprintf(&b, "encrypt = %s\n", c.Encrypt)
 	}
 	return b.Bytes()
 }

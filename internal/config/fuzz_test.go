@@ -11,6 +11,7 @@ func FuzzParse(f *testing.F) {
 	f.Add("# comment\n\ntarget=/dev/vdb\r\n")
 	f.Add("codec = s2\ncodec = s2\n")
 	f.Add("=\n")
+	f.Add("encrypt = passphrase\ncodec = none\n")
 	f.Fuzz(func(t *testing.T, s string) {
 		c, err := Parse(strings.NewReader(s), "fuzz")
 		if err != nil {

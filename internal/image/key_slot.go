@@ -73,6 +73,14 @@ func (p Argon2Params) String() string {
 	return fmt.Sprintf("argon2id t=%d m=%d MiB p=%d", p.Time, p.MemoryKiB>>10, p.Threads)
 }
 
+// Validate says what is wrong with p for a passphrase slot, if anything.
+func (p Argon2Params) Validate() error {
+	if msg := p.check(); msg != "" {
+		return errors.New("image: " + msg)
+	}
+	return nil
+}
+
 // check reports what is wrong with p, or "".
 func (p Argon2Params) check() string {
 	switch {
