@@ -117,6 +117,11 @@ type Options struct {
 	// scenario choose (a seed from the clock, printed).
 	Cycles int
 	Seed   int64
+	// Runs is how many times a benchmark repeats each measurement (0:
+	// its default), and Results the directory it writes its report to
+	// ("": none).
+	Runs    int
+	Results string
 }
 
 // Env is what a running scenario works with.

@@ -27,7 +27,7 @@ func init() {
 }
 
 const benchScript = guestPrelude + `
-khib-workload start --mib @MIB@ --seed @SEED@ --mixed --garbage @GARBAGE@ || fail workload
+khib-workload start --mib @MIB@ --seed @SEED@ @MIXED@ --garbage @GARBAGE@ || fail workload
 for codec in s2 zstd; do
 	khib hibernate --target /dev/vda --bench --codec $codec --json >/tmp/b.json 2>/tmp/b.err || { cat /tmp/b.err; fail bench-$codec; }
 	echo "khibvm-bench $codec $(cat /tmp/b.json)"
@@ -38,8 +38,14 @@ poweroff -f
 `
 
 func runBenchSave(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
-	mib := workloadMiB(env, 400)
-	script := workloadScript(benchScript, mib)
+	return benchSave(ctx, env, "a", workloadMiB(env, 400), true)
+}
+
+// benchSave boots A as name with a workload of mib MiB, mixed or all
+// random (incompressible), and has the helper save it and run the
+// baselines.
+func benchSave(ctx context.Context, env *scenario.Env, name string, mib int, mixed bool) (scenario.Result, error) {
+	script := workloadScript(benchScript, mib, "@MIXED@", map[bool]string{true: "--mixed"}[mixed])
 	rfs, err := khibGuest(env, script)
 	if err != nil {
 		return nil, err
@@ -51,15 +57,15 @@ func runBenchSave(ctx context.Context, env *scenario.Env) (scenario.Result, erro
 	if err := rfs.AddHostProgram(hostMakedumpfile); err != nil {
 		return nil, err
 	}
-	initrd, err := env.WriteRootfs("a.cpio", rfs)
+	initrd, err := env.WriteRootfs(name+".cpio", rfs)
 	if err != nil {
 		return nil, err
 	}
-	disk, err := env.NewDisk("bench.img", 1536)
+	disk, err := env.NewDisk(name+".img", 1536)
 	if err != nil {
 		return nil, err
 	}
-	m, err := runGuest(ctx, env, "a", initrd, khibAppend(RegionSize), vm.Disk{Path: disk})
+	m, err := runGuest(ctx, env, name, initrd, khibAppend(RegionSize), vm.Disk{Path: disk})
 	if err != nil {
 		return nil, err
 	}
@@ -86,6 +92,9 @@ func runBenchSave(ctx context.Context, env *scenario.Env) (scenario.Result, erro
 			}
 		}
 		res[codec+"_save_mb_s"] = scenario.Round3(f["save_mb_s"])
+		if f["save_s"] > 0 {
+			res[codec+"_write_mb_s"] = scenario.Round3(f["image_bytes"] / 1e6 / f["save_s"]) // image bytes written per second
+		}
 		res[codec+"_image_mib"] = scenario.Round3(f["image_bytes"] / (1 << 20))
 		res[codec+"_saved_mib"] = scenario.Round3(f["pages"] * 4096 / (1 << 20))
 		res[codec+"_cp_vmcore_mb_s"] = scenario.Round3(f["cp_vmcore_mb_s"])
