@@ -60,6 +60,7 @@ func cmdCheck(args []string) int {
 	}
 	rep := check.Run(check.Env{Root: "/", Euid: os.Geteuid(), Release: release(), MinRegion: minRegion(*kernel)})
 	rep.Add(check.System(systemEnv())...)
+	rep.Add(filesystemsVerdict())
 	if *asJSON {
 		rep.WriteJSON(os.Stdout)
 	} else {

@@ -240,6 +240,12 @@ func hibernate(res *hibernateResult, dev, codec string, ret bool, load helper.Op
 	if err != nil {
 		return err
 	}
+	// The helper records these with their change counters, and a resume
+	// refuses the image if any of them changed (filesystems.go).
+	mounts, err := mountedFilesystems()
+	if err != nil {
+		return err
+	}
 	nonce, err := image.NewNonce()
 	if err != nil {
 		return err
@@ -292,7 +298,7 @@ func hibernate(res *hibernateResult, dev, codec string, ret bool, load helper.Op
 		if countFree {
 			own = ownFreeCount()
 		}
-		resp, away, err := jump(st, encryptKey, mailbox.Request{Cmd: cmd, Nonce: nonce.String(), Codec: codec, Return: ret, FirmwareRAM: fwRAM, NoFilter: noFilter})
+		resp, away, err := jump(st, encryptKey, mailbox.Request{Cmd: cmd, Nonce: nonce.String(), Codec: codec, Return: ret, FirmwareRAM: fwRAM, NoFilter: noFilter, Filesystems: mounts})
 		if errors.Is(err, helper.ErrMailboxMoved) && attempt == 0 {
 			helper.Unload()
 			continue

@@ -117,6 +117,9 @@ func inspect(rd *image.Reader, path string, asJSON bool) int {
 	fmt.Printf("  pages        %d (%d MiB): %d zero, %d stored\n", st.Pages, st.Pages*image.PageSize>>20, st.ZeroPages, st.DataPages)
 	fmt.Printf("  stored       %.1f MiB in %d chunks, codec %s, ratio %.3f\n", float64(st.StoredBytes)/(1<<20), st.Chunks, meta.Codec, st.Ratio())
 	fmt.Printf("  image size   %.1f MiB\n", float64(st.ImageBytes)/(1<<20))
+	for _, f := range meta.Filesystems {
+		fmt.Printf("  file system  %s\n", describeRecord(f))
+	}
 	return 0
 }
 

@@ -26,8 +26,15 @@ func runInit() {
 	case "restore":
 		runRestore(params)
 	case "":
-		if dev := params["khib.resume"]; dev != "" {
-			resumeStage1(dev)
+		if params["khib.resume"] != "" {
+			// khib.resume=off and noresume skip the resume, as in the
+			// initramfs (stage1Spec), so that one boot of the same disks
+			// can be a normal one.
+			if spec, skip := stage1Spec(params, nil, ""); skip != "" {
+				console("khib: not resuming: %s.", skip)
+			} else {
+				resumeStage1(spec)
+			}
 		}
 		next := params["khib.init"]
 		if next == "" {

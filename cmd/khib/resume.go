@@ -116,8 +116,9 @@ func openResumeDevice(dev string) (*os.File, int64, error) {
 }
 
 // checkResumable refuses an image that this machine and kernel cannot
-// resume: another kernel build, another memory map, or an R that is not
-// free RAM here. It runs inside image.Check, before the chunks are read.
+// resume: another kernel build, another memory map, an R that is not
+// free RAM here, or a file system of A's that changed since. It runs
+// inside image.Check, before the chunks are read.
 func checkResumable(rd *image.Reader) error {
 	meta := rd.Meta()
 	buildID, err := elfcore.ReadKernelBuildID("/sys/kernel/notes")
@@ -146,7 +147,9 @@ func checkResumable(rd *image.Reader) error {
 	if !inRAM {
 		return fmt.Errorf("the image's helper region %s is not free RAM on this machine", meta.Region)
 	}
-	return nil
+	// Last of the cheap checks, and still before any page is written:
+	// A's file systems must be as A left them (filesystems.go).
+	return checkFilesystems(meta.Filesystems)
 }
 
 func orNone(s string) string {

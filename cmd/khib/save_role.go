@@ -67,6 +67,11 @@ func save(h *helperEnv, req mailbox.Request) mailbox.Response {
 	if err != nil {
 		return fail("save: %v", err)
 	}
+	// A's file systems as A left them: A is stopped and synced, so what
+	// their devices hold now is what A expects to find when it resumes.
+	if meta.Filesystems, err = recordFilesystems(req.Filesystems); err != nil {
+		return fail("save: %v", err)
+	}
 	// The answer A finds after a resume is the one in the image, so it is
 	// written before the mailbox page is saved. On failure it is replaced.
 	if err := writeResponse(h, mailbox.Response{Seq: req.Seq, OK: true, Figures: map[string]any{"from_image": true}}); err != nil {

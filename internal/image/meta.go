@@ -7,6 +7,8 @@ import (
 	"maps"
 	"slices"
 	"time"
+
+	"github.com/khib/khib/internal/fsstate"
 )
 
 // Meta is the metadata blob: who A was and what was saved. It is stored as
@@ -27,6 +29,12 @@ type Meta struct {
 	UUID     UUID      `json:"uuid"`      // same as the superblock's
 	Codec    string    `json:"codec"`     // the codec the image was written with
 	Hash     string    `json:"hash"`      // "xxhash64"
+	// Filesystems are A's mounted block file systems with their on-disk
+	// change counters, as the helper read them once A had stopped: a
+	// resume compares them before it writes a page (fsstate; stage 1
+	// refuses an image whose file systems were mounted or written since).
+	// Absent in images made before khib recorded them.
+	Filesystems []fsstate.Record `json:"filesystems,omitempty"`
 	// Host and Notes are free-form figures for people: machine, save
 	// speed, workload names. Nothing in khib branches on them.
 	Host  map[string]string `json:"host,omitempty"`
@@ -39,6 +47,17 @@ func (m *Meta) clone() Meta {
 	c.RAM = slices.Clone(m.RAM)
 	c.Host = maps.Clone(m.Host)
 	c.Notes = maps.Clone(m.Notes)
+	c.Filesystems = slices.Clone(m.Filesystems)
+	for i, f := range c.Filesystems {
+		if f.State != nil {
+			st := *f.State
+			if st.Journal != nil {
+				j := *st.Journal
+				st.Journal = &j
+			}
+			c.Filesystems[i].State = &st
+		}
+	}
 	return c
 }
 

@@ -16,6 +16,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/khib/khib/internal/fsstate"
 )
 
 // Size is the mailbox's size: one page.
@@ -61,6 +63,10 @@ type Request struct {
 	FirmwareRAM string `json:"firmware_ram,omitempty"`
 	// NoFilter saves free pages too.
 	NoFilter bool `json:"no_filter,omitempty"`
+	// Filesystems are A's mounted block file systems, which the helper
+	// finds among its own devices and records in the image with their
+	// change counters, read now that A has stopped writing them.
+	Filesystems []fsstate.Mount `json:"fs,omitempty"`
 }
 
 // Response is the helper's answer. A reads it when the jump returns; after
