@@ -22,8 +22,10 @@ import (
 // must not repeat at every boot), says why and reboots into a normal boot.
 func runRestore(params map[string]string) {
 	err := restore(params["khib.image"])
-	console("khib-restore: error: %v", err)
-	console("khib-restore: A cannot be resumed; rebooting into a normal boot in 5 s")
+	console("khib-restore: NOT resuming: %v\n"+
+		"  A cannot be resumed: its memory may be partly written, and the image is marked used so that\n"+
+		"  this does not repeat; rebooting into a normal boot in 5 s. (khib.verify=full on the kernel\n"+
+		"  command line makes stage 1 check every chunk before it writes anything.)", err)
 	time.Sleep(5 * time.Second)
 	unix.Sync()
 	kexec.Restart()

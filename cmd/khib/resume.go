@@ -42,7 +42,12 @@ func resumeFrom(dev, kernel string) {
 	}
 	// image.Check is everything about the image's bytes, the very check
 	// internal/corrupt runs its mutations through; the machine's checks
-	// go in before the long read of every chunk.
+	// go in before any chunk is read. By default the chunks are read once,
+	// by C as it restores them (image.Restore checks each one before its
+	// pages are written, and the data area's hash at the end); with
+	// khib.verify=full stage 1 reads them all first, so that a bad chunk
+	// is refused before any page is written, at the cost of a second read.
+	full := kernelParams()["khib.verify"] == "full"
 	var p *progress
 	rd, err := image.Check(f, size, image.CheckOptions{
 		Before: func(rd *image.Reader) error {
@@ -50,27 +55,38 @@ func resumeFrom(dev, kernel string) {
 				return err
 			}
 			meta := rd.Meta()
-			console("khib: found a hibernation image on %s: %s, made %s, %d MiB; verifying every chunk",
-				dev, meta.KernelRelease, meta.Created.Format(time.RFC3339), rd.Stats().ImageBytes>>20)
-			p = newProgress("khib", "verifying", uint64(rd.Stats().Chunks))
-			p.items = "chunks"
+			how := "the restore helper checks every chunk as it restores it"
+			if full {
+				how = "verifying every chunk (khib.verify=full)"
+			}
+			console("khib: found a hibernation image on %s: %s, made %s, %d MiB; %s",
+				dev, meta.KernelRelease, meta.Created.Format(time.RFC3339), rd.Stats().ImageBytes>>20, how)
+			if full {
+				p = newProgress("khib", "verifying", uint64(rd.Stats().Chunks))
+				p.items = "chunks"
+			}
 			return nil
 		},
-		Progress: func(done, total int) { p.set(uint64(done)) },
-		Key:      key,
+		Progress:   func(done, total int) { p.set(uint64(done)) },
+		Key:        key,
+		SkipChunks: !full,
 	})
 	if err != nil {
 		if errors.Is(err, image.ErrNotImage) || errors.Is(err, image.ErrIncomplete) {
 			console("khib: no hibernation image on %s (%v); booting normally.", dev, err)
 		} else if errors.Is(err, image.ErrInvalidated) {
-			console("khib: the hibernation image on %s was already resumed from, and a system is never resumed twice; booting normally.", dev)
+			console("khib: the hibernation image on %s was used by an earlier boot (resumed from, or refused by the restore helper), and a system is never resumed twice; booting normally.", dev)
 		} else {
 			refuse(dev, err)
 		}
 		return
 	}
 	meta := rd.Meta()
-	console("khib: image intact (%.1f s); loading the restore helper into %s", time.Since(t0).Seconds(), meta.Region)
+	what := "header, index and metadata"
+	if full {
+		what = "every chunk"
+	}
+	console("khib: image intact (%s, %.1f s); loading the restore helper into %s", what, time.Since(t0).Seconds(), meta.Region)
 	plan, err := helper.LoadRestore(kernel, kexec.Range{Start: meta.Region.Start, End: meta.Region.End}, meta.UUID.String(), key)
 	if err != nil {
 		refuse(dev, fmt.Errorf("loading the restore helper: %w", err))

@@ -27,12 +27,17 @@ for the device to appear. khib.resume=off or noresume on the command line
 disables resuming.
 
 If the device holds a complete image made by this very kernel build on
-this machine, khib verifies every chunk and kexecs the restore helper (helper_kernel, default
-/usr/lib/khib/bzImage, also copied into the initramfs). It writes A's
-memory back, marks the image used at the last moment (a system is never
+this machine, khib checks its header, index and metadata and kexecs the
+restore helper (helper_kernel, default /usr/lib/khib/bzImage, also copied
+into the initramfs). It writes A's memory back, checking every chunk as
+it reads it, marks the image used at the last moment (a system is never
 resumed twice, and a power cut during the restore leaves the image
 resumable), and jumps into A, which carries on from its hibernation. This
-command then never returns.
+command then never returns. If the restore helper finds a bad chunk, it
+says so, marks the image used and reboots into a normal boot;
+khib.verify=full on the kernel command line makes stage 1 read every chunk
+first instead, so that such an image is refused before any page is
+written, at the cost of reading the image twice.
 
 In every other case it prints one paragraph saying why on the console and
 exits 0, so that the boot goes on normally. It writes nothing at all: the

@@ -292,3 +292,31 @@ func TestHostile(t *testing.T) {
 		})
 	}
 }
+
+// Restore alone, without Verify, checks every byte Verify does: a flip in
+// the data area's padding, which no chunk covers, fails it at the end.
+func TestRestoreChecksDataPadding(t *testing.T) {
+	img, good := smallImage(t, "s2")
+	sb := good.Superblock()
+	end := sb.DataOff + sb.DataLen
+	if end == alignUp(end) {
+		t.Skip("the data area of this image has no padding")
+	}
+	bad := bytes.Clone(img)
+	bad[end] ^= 1
+	rd, err := openBytes(bad)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	pages := 0
+	err = rd.Restore(func(pfn uint64, p []byte, zero bool) error { pages += len(p) / PageSize; return nil })
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "data area checksum mismatch") {
+		t.Fatalf("Restore of an image with a flipped padding byte = %v, want a data area checksum mismatch", err)
+	}
+	if pages != int(sb.Pages) {
+		t.Errorf("Restore handed out %d pages before failing, want all %d (the padding follows them)", pages, sb.Pages)
+	}
+	if err := good.Restore(func(uint64, []byte, bool) error { return nil }); err != nil {
+		t.Errorf("Restore of the good image: %v", err)
+	}
+}

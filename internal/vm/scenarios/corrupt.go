@@ -204,7 +204,10 @@ func runResumeCorruptKinds(ctx context.Context, env *scenario.Env) (scenario.Res
 	}
 	cfg := env.Config()
 	cfg.Initrd = initrd
-	cfg.Append = khibAppend(RegionSize) + " khib.resume=/dev/vda"
+	// khib.verify=full: stage 1 reads every chunk before it loads C, so
+	// that each kind here is refused before any page is written. By
+	// default C finds a bad chunk as it restores (resume-corrupt-restore).
+	cfg.Append = khibAppend(RegionSize) + " khib.resume=/dev/vda khib.verify=full"
 	cfg.Disks = []vm.Disk{{Path: imgDisk}, {Path: dataDisk}}
 
 	m, err := env.Start(ctx, "hibernate", cfg)

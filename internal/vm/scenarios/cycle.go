@@ -68,11 +68,22 @@ func init() {
 		},
 	})
 	scenario.Register(scenario.Scenario{
-		Name:        "resume-corrupt",
-		Description: "one byte of page data in the image is flipped: stage 1 says so and the machine boots normally, no page restored",
-		Timeout:     20 * time.Minute,
+		Name: "resume-corrupt",
+		Description: "one byte of page data in the image is flipped, and stage 1 reads every chunk first (khib.verify=full): " +
+			"it says so and the machine boots normally, no page restored",
+		Timeout: 20 * time.Minute,
 		Run: func(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
-			return runCycles(ctx, env, cycleRun{cycles: 1, tp: &tamper{name: "corrupt", fn: corruptChunk, want: "checksum mismatch"}})
+			return runCycles(ctx, env, cycleRun{cycles: 1, full: true, tp: &tamper{name: "corrupt", fn: corruptChunk, want: "checksum mismatch"}})
+		},
+	})
+	scenario.Register(scenario.Scenario{
+		Name: "resume-corrupt-restore",
+		Description: "one byte of page data in the image is flipped, and the image is read once (the default): stage 1 finds " +
+			"the header, index and metadata intact, the restore helper finds the bad chunk as it restores, says so, marks the " +
+			"image used and reboots; the next boot says the image was used and is normal",
+		Timeout: 20 * time.Minute,
+		Run: func(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
+			return runCycles(ctx, env, cycleRun{cycles: 1, tp: &tamper{name: "corrupt", fn: corruptChunk, want: "checksum mismatch", byRestore: true}})
 		},
 	})
 	scenario.Register(scenario.Scenario{
@@ -116,6 +127,9 @@ type tamper struct {
 	fn     func(disk string) (string, error) // changes the image, if set
 	kernel string                            // the kernel of the next boot, if set
 	want   string
+	// byRestore: the restore helper refuses (it reads the chunks), not
+	// stage 1; it reboots, and the boot after it must be normal.
+	byRestore bool
 }
 
 // rebuiltKernel returns the second build kernel/build.sh leaves next to
@@ -190,7 +204,7 @@ var (
 	resumedRE    = regexp.MustCompile(`^khibvm-resumed (\d+)`)
 	verifiedRE   = regexp.MustCompile(`^khibvm-workload-verified (\d+)`)
 	normalBootRE = regexp.MustCompile(`KHIBVM:normal_boot=1`)
-	stage1RE     = regexp.MustCompile(`^khib: (NOT resuming|no hibernation image|the hibernation image .* already resumed)`)
+	stage1RE     = regexp.MustCompile(`^khib: (NOT resuming|no hibernation image|the hibernation image .* used by an earlier boot)`)
 	restoreRE    = regexp.MustCompile(`^khib-restore: `)
 	backAfterRE  = regexp.MustCompile(`khibvm-out: khib: .*back after ([0-9.]+) s away`)
 	userLineRE   = regexp.MustCompile(`^khibvm-(before|after): (.*)$`)
@@ -316,6 +330,7 @@ type cycleRun struct {
 	cycles int
 	tp     *tamper
 	acked  bool
+	full   bool // khib.verify=full: stage 1 reads every chunk before it loads C
 }
 
 func runCycles(ctx context.Context, env *scenario.Env, run cycleRun) (scenario.Result, error) {
@@ -337,6 +352,9 @@ func runCycles(ctx context.Context, env *scenario.Env, run cycleRun) (scenario.R
 	cfg := env.Config()
 	cfg.Initrd = initrd
 	cfg.Append = khibAppend(RegionSize) + " khib.resume=/dev/vda"
+	if run.full {
+		cfg.Append += " khib.verify=full"
+	}
 	cfg.Disks = []vm.Disk{{Path: imgDisk}, {Path: dataDisk}}
 	say := func(format string, a ...any) {
 		if env.Demo {
@@ -481,7 +499,7 @@ func runCycles(ctx context.Context, env *scenario.Env, run cycleRun) (scenario.R
 	if _, err := m.WaitPowerOff(env.Remaining()); err != nil {
 		return res, err
 	}
-	if countLines(m, restoreRE) != 0 || countLines(m, regexp.MustCompile(`already resumed from`)) != 1 {
+	if countLines(m, restoreRE) != 0 || countLines(m, usedRE) != 1 {
 		return res, fmt.Errorf("the boot after the resume did not refuse the spent image")
 	}
 	if err := fsckClean(dataDisk); err != nil {
@@ -533,6 +551,9 @@ var foreignRE = regexp.MustCompile(`saved by (\S+) build ([0-9a-f]+), this is (\
 // checkRefused boots after tampering: stage 1 must refuse with a reason
 // containing tp.want, C must never start, and the boot must be normal.
 func checkRefused(ctx context.Context, env *scenario.Env, cfg vm.Config, tp *tamper, res scenario.Result) error {
+	if tp.byRestore {
+		return checkRefusedByRestore(ctx, env, cfg, tp, res)
+	}
 	m, err := env.Start(ctx, "boot2", cfg)
 	if err != nil {
 		return err
@@ -573,6 +594,62 @@ func checkRefused(ctx context.Context, env *scenario.Env, cfg vm.Config, tp *tam
 	}
 	if countLines(m, normalBootRE) != 1 {
 		return fmt.Errorf("the boot after the refusal was not normal")
+	}
+	return nil
+}
+
+// checkRefusedByRestore boots after tampering with a chunk: stage 1 must
+// let the image through to C, C must refuse with a reason containing
+// tp.want and reboot, and the boot after it must be normal, saying the
+// image was used, with no restore helper and A not back.
+func checkRefusedByRestore(ctx context.Context, env *scenario.Env, cfg vm.Config, tp *tamper, res scenario.Result) error {
+	m, err := env.Start(ctx, "boot2", cfg)
+	if err != nil {
+		return err
+	}
+	if _, err := m.WaitFor(ctx, regexp.MustCompile(`^khib-restore: NOT resuming`), env.Remaining()); err != nil {
+		return fmt.Errorf("the restore helper did not refuse the %s image: %w", tp.name, err)
+	}
+	exit, err := m.Wait(time.Minute)
+	if err != nil {
+		return err
+	}
+	if !exit.Rebooted {
+		return fmt.Errorf("after refusing, the restore helper did not reboot: %s (console %s)", exit, m.LogPath())
+	}
+	var msg []string
+	in := false
+	for _, l := range m.Lines() {
+		if strings.HasPrefix(l.Text, "khib-restore: NOT resuming") {
+			in = true
+		}
+		if in {
+			msg = append(msg, strings.TrimSpace(l.Text))
+			if len(msg) == 4 {
+				break
+			}
+		}
+	}
+	res["message"] = strings.Join(msg, " ")
+	if !strings.Contains(res["message"].(string), tp.want) {
+		return fmt.Errorf("the restore helper did not refuse with %q; it said %q", tp.want, res["message"])
+	}
+	if countLines(m, resumedRE) != 0 {
+		return fmt.Errorf("A came back despite the %s image", tp.name)
+	}
+	res["refused_by"] = "restore helper"
+	m, err = env.Start(ctx, "boot3", cfg)
+	if err != nil {
+		return err
+	}
+	if _, err := m.WaitFor(ctx, guestDoneRE, env.Remaining()); err != nil {
+		return err
+	}
+	if _, err := m.WaitPowerOff(time.Minute); err != nil {
+		return err
+	}
+	if countLines(m, usedRE) != 1 || countLines(m, restoreRE) != 0 || countLines(m, normalBootRE) != 1 {
+		return fmt.Errorf("the boot after the restore helper's refusal was not a normal one that says the image was used (console %s)", m.LogPath())
 	}
 	return nil
 }

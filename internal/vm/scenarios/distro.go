@@ -406,8 +406,9 @@ func init() {
 	})
 	scenario.Register(scenario.Scenario{
 		Name: "distro-refusal",
-		Description: "Debian guest: after `systemctl hibernate` a byte of the image is flipped; the initramfs says why in one " +
-			"paragraph, nothing is restored, and the boot goes on to multi-user",
+		Description: "Debian guest: after `systemctl hibernate` a byte of an image chunk is flipped; stage 1 finds the header " +
+			"intact, the restore helper finds the bad chunk as it restores, says why, marks the image used and reboots; the " +
+			"next boot says the image was used and goes on to multi-user, with nothing of A restored",
 		Timeout: 30 * time.Minute,
 		Run: func(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
 			return distroCycle(ctx, env, true)
@@ -501,6 +502,23 @@ func distroCycle(ctx context.Context, env *scenario.Env, corrupt bool) (scenario
 	}
 
 	t1 := time.Now()
+	if corrupt {
+		// Stage 1 checks the header, index and metadata, which are
+		// intact; C finds the flipped chunk as it restores, marks the
+		// image used and reboots (QEMU's -no-reboot ends that machine).
+		// The boot after it is normal.
+		if err := bootRefusedByC(ctx, g, "boot2", res); err != nil {
+			return res, err
+		}
+		if _, err := g.bootAs(ctx, "boot3", true); err != nil {
+			return res, err
+		}
+		id3, err := g.sh(ctx, "cat /proc/sys/kernel/random/boot_id")
+		if err != nil {
+			return res, err
+		}
+		return distroRefused(ctx, g, res, bootID, id3)
+	}
 	if _, err := g.bootAs(ctx, "boot2", corrupt); err != nil {
 		return res, err
 	}
@@ -509,9 +527,6 @@ func distroCycle(ctx context.Context, env *scenario.Env, corrupt bool) (scenario
 		return res, err
 	}
 	res["resume_s"] = scenario.Round3(time.Since(t1).Seconds())
-	if corrupt {
-		return distroRefused(ctx, g, res, bootID, id2)
-	}
 	if id2 != bootID {
 		return res, g.errorf("the boot ID changed (%s before, %s after): the guest booted normally instead of resuming", bootID, id2)
 	}
@@ -569,29 +584,57 @@ func distroCycle(ctx context.Context, env *scenario.Env, corrupt bool) (scenario
 	return res, g.poweroff(ctx)
 }
 
-// notResumingRE is the start of stage 1's refusal on the console.
-var notResumingRE = regexp.MustCompile(`NOT resuming from the hibernation image`)
+// restoreRefusedRE is the start of the restore helper's refusal.
+var restoreRefusedRE = regexp.MustCompile(`khib-restore: NOT resuming`)
 
-func distroRefused(ctx context.Context, g *distroGuest, res scenario.Result, before, after string) (scenario.Result, error) {
-	if after == before {
-		return res, g.errorf("the guest resumed from a corrupted image (boot ID %s)", after)
+// bootRefusedByC powers the guest on with the corrupted image in place:
+// the restore helper must refuse it with its reason and reboot.
+func bootRefusedByC(ctx context.Context, g *distroGuest, name string, res scenario.Result) error {
+	cfg := g.env.Config()
+	cfg.Kernel, cfg.Append = "", ""
+	cfg.Disks = append([]vm.Disk{{Path: g.disk}}, g.extra...)
+	m, err := g.env.Start(ctx, name, cfg)
+	if err != nil {
+		return err
+	}
+	g.m = m
+	if _, err := m.WaitFor(ctx, restoreRefusedRE, min(g.env.Remaining(), 8*time.Minute)); err != nil {
+		return fmt.Errorf("%s: the restore helper did not refuse the corrupted image: %w", name, err)
+	}
+	exit, err := m.Wait(2 * time.Minute)
+	if err != nil {
+		return err
+	}
+	if !exit.Rebooted {
+		return g.errorf("after refusing, the restore helper did not reboot: %s", exit)
 	}
 	var reason []string
-	lines := g.m.Lines()
+	lines := m.Lines()
 	for i, l := range lines {
-		if notResumingRE.MatchString(l.Text) {
+		if restoreRefusedRE.MatchString(l.Text) {
 			for _, r := range lines[i:min(i+4, len(lines))] {
 				reason = append(reason, strings.TrimSpace(r.Text))
 			}
 			break
 		}
 	}
-	if len(reason) == 0 {
-		return res, g.errorf("no refusal from stage 1 on the console")
-	}
 	res["reason"] = strings.Join(reason, " ")
 	if !strings.Contains(res["reason"].(string), "checksum mismatch") {
-		return res, fmt.Errorf("stage 1 refused for another reason: %s", res["reason"])
+		return fmt.Errorf("the restore helper refused for another reason: %s", res["reason"])
+	}
+	res["refused_by"] = "restore helper"
+	return nil
+}
+
+// usedRE is stage 1's word on an image an earlier boot used.
+var usedRE = regexp.MustCompile(`hibernation image on .* was used by an earlier boot`)
+
+func distroRefused(ctx context.Context, g *distroGuest, res scenario.Result, before, after string) (scenario.Result, error) {
+	if after == before {
+		return res, g.errorf("the guest resumed from a corrupted image (boot ID %s)", after)
+	}
+	if countLines(g.m, usedRE) != 1 {
+		return res, g.errorf("the boot after the refusal did not say the image was used")
 	}
 	if st, _ := g.sh(ctx, "systemctl is-system-running --wait || true"); st != "running" {
 		failed, _ := g.sh(ctx, "systemctl --failed --no-legend --plain | head -5")
