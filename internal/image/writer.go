@@ -391,7 +391,11 @@ func (w *Writer) compress(j *job) {
 	raw := j.raw[:j.n*PageSize]
 	j.rawHash = xxhash.Sum64(raw)
 	var enc []byte
-	switch w.codec {
+	codec := w.codec
+	if codec != CodecNone && incompressible(raw) {
+		codec = CodecNone
+	}
+	switch codec {
 	case CodecS2:
 		enc = s2.Encode(j.enc[:cap(j.enc)-sealOverhead], raw)
 	case CodecZstd:
@@ -400,7 +404,7 @@ func (w *Writer) compress(j *job) {
 			j.enc = enc[:0]
 		}
 	}
-	if w.codec == CodecNone || len(enc) >= len(raw) {
+	if codec == CodecNone || len(enc) >= len(raw) {
 		j.codec, j.stored, j.storedSum = CodecNone, raw, j.rawHash
 	} else {
 		j.codec, j.stored = w.codec, enc
