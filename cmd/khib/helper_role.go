@@ -83,6 +83,7 @@ func runHelper(params map[string]string) {
 			console("khib-helper: error: answering A: %v", err)
 		}
 		if resp.OK && resp.Figures["power_off"] == true {
+			console("khib-helper: %s", memoryUse())
 			console("khib-helper: image complete; powering off")
 			unix.Sync()
 			if err := kexec.PowerOff(); err != nil {

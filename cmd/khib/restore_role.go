@@ -111,6 +111,7 @@ func restore(uuid string) error {
 	}
 	p.print()
 	console("khib-restore: A's memory restored in %.1f s; jumping to A at %#x", time.Since(t0).Seconds(), meta.JumpBack)
+	console("khib-restore: %s", memoryUse())
 
 	jb := meta.JumpBack
 	page := jb &^ (kexec.PageSize - 1)

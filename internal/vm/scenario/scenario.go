@@ -122,6 +122,9 @@ type Options struct {
 	// ("": none).
 	Runs    int
 	Results string
+	// Region is the helper's reservation (crashkernel=) for the scenarios
+	// that take it; "" is their default.
+	Region string
 }
 
 // Env is what a running scenario works with.

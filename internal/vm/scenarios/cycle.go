@@ -351,7 +351,12 @@ func runCycles(ctx context.Context, env *scenario.Env, run cycleRun) (scenario.R
 	}
 	cfg := env.Config()
 	cfg.Initrd = initrd
-	cfg.Append = khibAppend(RegionSize) + " khib.resume=/dev/vda"
+	region := RegionSize
+	if env.Region != "" {
+		region = env.Region
+		res["region"] = region
+	}
+	cfg.Append = khibAppend(region) + " khib.resume=/dev/vda"
 	if run.full {
 		cfg.Append += " khib.verify=full"
 	}
