@@ -56,6 +56,7 @@ f() { install -m "$1" "$2" "$root/$3"; } # mode, source, destination
 for dir in DEBIAN usr/sbin usr/lib/khib usr/share/doc/khib \
 	usr/share/initramfs-tools/hooks usr/share/initramfs-tools/scripts/local-premount \
 	etc/default/grub.d usr/lib/systemd/system/systemd-hibernate.service.d \
+	usr/lib/systemd/system/systemd-hybrid-sleep.service.d \
 	usr/lib/systemd/system/systemd-logind.service.d; do
 	d "$dir"
 done
@@ -68,6 +69,7 @@ f 0755 packaging/initramfs-tools/scripts/local-premount/khib usr/share/initramfs
 f 0644 packaging/grub/khib.cfg etc/default/grub.d/khib.cfg
 f 0644 packaging/systemd/khib-arm.service usr/lib/systemd/system/khib-arm.service
 f 0644 packaging/systemd/systemd-hibernate.service.d/khib.conf usr/lib/systemd/system/systemd-hibernate.service.d/khib.conf
+f 0644 packaging/systemd/systemd-hybrid-sleep.service.d/khib.conf usr/lib/systemd/system/systemd-hybrid-sleep.service.d/khib.conf
 f 0644 packaging/systemd/systemd-logind.service.d/khib.conf usr/lib/systemd/system/systemd-logind.service.d/khib.conf
 f 0644 README.md usr/share/doc/khib/README.md
 f 0644 docs/system-integration.md usr/share/doc/khib/system-integration.md

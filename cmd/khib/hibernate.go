@@ -18,8 +18,8 @@ import (
 	"github.com/khib/khib/internal/target"
 )
 
-const hibernateHelp = `Usage: khib hibernate [--target SPEC] [--codec s2|zstd|none] [--encrypt [--passphrase-file FILE]] [--return] [--json] [--kernel FILE]
-       khib hibernate --systemd [--target SPEC] [--codec ...] [--kernel FILE]
+const hibernateHelp = `Usage: khib hibernate [--target SPEC] [--codec s2|zstd|none] [--encrypt [--passphrase-file FILE]] [--return | --then suspend] [--json] [--kernel FILE]
+       khib hibernate --systemd [--then suspend] [--target SPEC] [--codec ...] [--kernel FILE]
 
 Hibernate this system: jump into khib's helper kernel, which saves this
 system's memory as a verified image on the target and powers the machine off.
@@ -50,6 +50,20 @@ helper through memory only. Nothing secret touches a disk; the next boot
 asks for the passphrase on the console (three tries, then it boots
 normally and the image stays for the next boot). khib image inspect shows
 an encrypted image's header only; khib image verify needs the passphrase.
+
+--then suspend is hybrid sleep: once the image is complete the helper
+suspends the machine to RAM. If it wakes, the helper marks the image used
+and jumps back, and this command returns 0 ("woke after ... asleep"). If
+the power goes while it sleeps, the next boot resumes from the image. The
+helper, not this system, sleeps, so that nothing changes this system's
+file systems between the image and the sleep: the resume after a power
+loss checks that they did not. With --systemd --then suspend (what
+systemd-hybrid-sleep.service runs with khib's package) the sleep hooks
+are told "hybrid-sleep".
+
+A resume refuses an image when one of this system's ext2/3/4 file systems
+was mounted or written since the hibernation (docs/image-format.md, "File
+systems"); khib hibernate refuses to start when it cannot identify one.
 
 If a helper is armed (khib arm), the jump resumes it and no kernel boots;
 otherwise khib boots one first. If anything goes wrong in the helper (no
@@ -84,6 +98,7 @@ func cmdHibernate(args []string) int {
 	codec := fs.String("codec", "s2", "compression: s2 (fast), zstd (smaller), none (default: codec in /etc/khib.conf, else s2)")
 	systemdMode := fs.Bool("systemd", false, "run as systemd-hibernate.service: system-sleep hooks around, journal lines, no --return")
 	ret := fs.Bool("return", false, "after saving, jump back instead of powering off (snapshot and go on)")
+	then := fs.String("then", "", "after saving, \"suspend\": suspend to RAM instead of powering off (hybrid sleep); on wake the\nimage is marked used, after a power loss the next boot resumes from it")
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	fs.BoolVar(&countFree, "count-free", false, "record in the figures A's own count of its free pages (/proc/kpageflags, /proc/buddyinfo)\nand its used memory just before the jump, to check the helper's count against")
 	noFilter := fs.Bool("no-filter", false, "save free pages too (by default the helper skips the pages A's buddy allocator has free)")
@@ -102,6 +117,16 @@ func cmdHibernate(args []string) int {
 	}
 	if *systemdMode && (*ret || *bench || *asJSON) {
 		fmt.Fprintln(os.Stderr, "khib hibernate: --systemd does not go with --return, --bench or --json")
+		return 2
+	}
+	switch {
+	case *then == "suspend" && (*ret || *bench):
+		fmt.Fprintln(os.Stderr, "khib hibernate: --then suspend does not go with --return or --bench")
+		return 2
+	case *then == "suspend":
+		thenSuspend, sleepAction = true, "hybrid-sleep"
+	case *then != "":
+		fmt.Fprintf(os.Stderr, "khib hibernate: --then %q: the one thing that can follow a save is suspend\n", *then)
 		return 2
 	}
 	set := map[string]bool{}
@@ -191,6 +216,8 @@ func cmdHibernate(args []string) int {
 	if !*asJSON {
 		if res.resumedFromDisk() {
 			fmt.Printf("khib: resumed; back after %.1f s away\n", res.AwayS)
+		} else if res.wokeFromSuspend() {
+			fmt.Printf("khib: woke after %.1f s asleep; the image on %s was not needed and is marked used\n", res.Figures["slept_s"], dev)
 		} else {
 			fmt.Printf("khib: back after %.1f s away (image saved, this system went on)\n", res.AwayS)
 		}
@@ -298,7 +325,8 @@ func hibernate(res *hibernateResult, dev, codec string, ret bool, load helper.Op
 		if countFree {
 			own = ownFreeCount()
 		}
-		resp, away, err := jump(st, encryptKey, mailbox.Request{Cmd: cmd, Nonce: nonce.String(), Codec: codec, Return: ret, FirmwareRAM: fwRAM, NoFilter: noFilter, Filesystems: mounts})
+		resp, away, err := jump(st, encryptKey, mailbox.Request{Cmd: cmd, Nonce: nonce.String(), Codec: codec, Return: ret || thenSuspend,
+			Suspend: thenSuspend, FirmwareRAM: fwRAM, NoFilter: noFilter, Filesystems: mounts})
 		if errors.Is(err, helper.ErrMailboxMoved) && attempt == 0 {
 			helper.Unload()
 			continue
@@ -326,6 +354,10 @@ func hibernate(res *hibernateResult, dev, codec string, ret bool, load helper.Op
 			if err := helper.Unload(); err != nil {
 				fmt.Fprintf(os.Stderr, "khib: warning: unloading the stale helper: %v\n", err)
 			}
+			return nil
+		}
+		if thenSuspend {
+			return woke(res)
 		}
 		return nil
 	}

@@ -36,6 +36,13 @@ func save(h *helperEnv, req mailbox.Request) mailbox.Response {
 	} else {
 		copy(nonce[:], b)
 	}
+	sleepMode := ""
+	if req.Suspend {
+		var err error
+		if sleepMode, err = canSuspend(); err != nil {
+			return fail("save: %v", err)
+		}
+	}
 	dev, path, err := target.Find(func(r io.ReaderAt) bool {
 		_, err := image.FindReservation(r, nonce)
 		return err == nil
@@ -121,6 +128,15 @@ func save(h *helperEnv, req mailbox.Request) mailbox.Response {
 		"stored_ratio": st.Ratio(),
 		"free_pages":   nfree,
 		"encrypted":    enc != nil,
+	}
+	if req.Suspend {
+		// Hybrid sleep (hybrid.go). Should the image stay complete
+		// after the wake, A must not run on: power off, and the next
+		// boot resumes it.
+		if err := suspendAfterSave(dev, path, sleepMode, figs); err != nil {
+			console("khib-helper: %v; powering off instead of going back to A, so that the next boot resumes the image", err)
+			figs["power_off"] = true
+		}
 	}
 	if req.Cmd == mailbox.CmdBenchSave {
 		figs["power_off"] = false

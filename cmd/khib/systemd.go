@@ -83,8 +83,8 @@ func runSleepHooks(hooks []string, phase string, timeout time.Duration, out io.W
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), timeout)
 			defer cancel()
-			cmd := exec.CommandContext(ctx, h, phase, "hibernate")
-			cmd.Env = append(os.Environ(), "SYSTEMD_SLEEP_ACTION=hibernate")
+			cmd := exec.CommandContext(ctx, h, phase, sleepAction)
+			cmd.Env = append(os.Environ(), "SYSTEMD_SLEEP_ACTION="+sleepAction)
 			cmd.Stdout, cmd.Stderr = out, out
 			err := cmd.Run()
 			if ctx.Err() != nil {
@@ -92,7 +92,7 @@ func runSleepHooks(hooks []string, phase string, timeout time.Duration, out io.W
 			}
 			if err != nil {
 				mu.Lock()
-				fmt.Fprintf(out, "khib: sleep hook %s %s hibernate failed: %v (ignored, as systemd-sleep does)\n", h, phase, err)
+				fmt.Fprintf(out, "khib: sleep hook %s %s %s failed: %v (ignored, as systemd-sleep does)\n", h, phase, sleepAction, err)
 				mu.Unlock()
 			}
 		}()
@@ -109,7 +109,11 @@ func runSleepHooks(hooks []string, phase string, timeout time.Duration, out io.W
 // A failure exits 1 with the reason; systemd then marks the unit failed.
 func hibernateSystemd(res *hibernateResult, run func() error, kernel string) int {
 	hooks := sleepHooks(sleepHookDirs)
-	fmt.Printf("khib: entering hibernation: saving memory to %s\n", res.Target)
+	if thenSuspend {
+		fmt.Printf("khib: entering hybrid sleep: saving memory to %s, then suspending to RAM\n", res.Target)
+	} else {
+		fmt.Printf("khib: entering hibernation: saving memory to %s\n", res.Target)
+	}
 	runSleepHooks(hooks, "pre", sleepHookTimeout, os.Stdout)
 	err := run()
 	switch {
@@ -117,6 +121,8 @@ func hibernateSystemd(res *hibernateResult, run func() error, kernel string) int
 		fmt.Printf("khib: hibernation failed, this system keeps running: %v\n", err)
 	case res.resumedFromDisk():
 		fmt.Printf("khib: system resumed from %s after %.1f s away\n", res.Target, res.AwayS)
+	case res.wokeFromSuspend():
+		fmt.Printf("khib: system woke after %.1f s asleep; the image on %s was not needed and is marked used\n", res.Figures["slept_s"], res.Target)
 	default:
 		fmt.Printf("khib: system back after %.1f s (the image was saved, nothing powered off)\n", res.AwayS)
 	}

@@ -63,6 +63,10 @@ type Request struct {
 	FirmwareRAM string `json:"firmware_ram,omitempty"`
 	// NoFilter saves free pages too.
 	NoFilter bool `json:"no_filter,omitempty"`
+	// Suspend (with Return): once the image is complete, the helper
+	// suspends the machine to RAM; on wake it marks the image used and
+	// jumps back (hybrid sleep).
+	Suspend bool `json:"suspend,omitempty"`
 	// Filesystems are A's mounted block file systems, which the helper
 	// finds among its own devices and records in the image with their
 	// change counters, read now that A has stopped writing them.
