@@ -379,11 +379,11 @@ printf "GET khib:blob:md5\r\n" >&3; read -r n <&3; read -r v <&3; echo "$v" | tr
 sleep infinity'
 for i in $(seq 50); do [ -s /run/khib-vm-held.1 ] && break; sleep 0.2; done
 grep -q PONG /run/khib-vm-held.1
-echo "dbsize=$(redis-cli DBSIZE) pid=$(pidof redis-server)"`
+echo "dbsize=$(redis-cli DBSIZE) pid=$(systemctl show -p MainPID --value redis-server)"`
 
 // redisCheck checks the data and the held connection after the resume.
 const redisCheck = `set -e
-echo "dbsize=$(redis-cli DBSIZE) pid=$(pidof redis-server)"
+echo "dbsize=$(redis-cli DBSIZE) pid=$(systemctl show -p MainPID --value redis-server)"
 [ "$(redis-cli GET khib:blob | tr -d '\n' | md5sum | cut -c1-32)" = "$(md5sum </run/khib-vm-blob | cut -c1-32)" ] || { echo "blob differs" >&2; exit 1; }
 [ "$(redis-cli GET khib:blob:md5)" = "$(md5sum </run/khib-vm-blob | cut -c1-32)" ]
 touch /run/khib-vm-held.go
