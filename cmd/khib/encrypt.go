@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -55,6 +56,10 @@ func jump(st *helper.State, k *saveKey, req mailbox.Request) (*mailbox.Response,
 	if k == nil {
 		return helper.Jump(st, req)
 	}
+	// The heap's garbage (the helper's kernel and initramfs as read and
+	// built) back to A first, so that it is not saved: the encrypted
+	// image then holds what the image in clear would.
+	debug.FreeOSMemory()
 	return helper.JumpWithKey(st, req, k.key)
 }
 
@@ -126,6 +131,10 @@ func newSaveKey(passFile string, p image.Argon2Params) (*saveKey, error) {
 	}
 	k.kdf = time.Since(t0)
 	k.slots = []image.KeySlot{slot}
+	// Argon2id's 64 MiB are garbage now: hand them back to A, so that
+	// they are free pages, which the helper leaves out of the image,
+	// and not 64 MiB of incompressible heap to save.
+	debug.FreeOSMemory()
 	return k, nil
 }
 
@@ -163,14 +172,12 @@ func askNewPassphrase() ([]byte, error) {
 		return nil, fmt.Errorf("no terminal to ask for the passphrase on (%v); give one with --passphrase-file FILE", err)
 	}
 	defer tty.Close()
-	fmt.Fprint(tty, "khib: passphrase for the hibernation image: ")
-	p1, err := readSecretLine(tty, 0)
+	p1, err := readSecretLine(tty, 0, func() { fmt.Fprint(tty, "khib: passphrase for the hibernation image: ") })
 	if err != nil {
 		return nil, err
 	}
 	defer clear(p1)
-	fmt.Fprint(tty, "khib: the same passphrase again: ")
-	p2, err := readSecretLine(tty, 0)
+	p2, err := readSecretLine(tty, 0, func() { fmt.Fprint(tty, "khib: the same passphrase again: ") })
 	if err != nil {
 		return nil, err
 	}
@@ -186,8 +193,9 @@ var errTimeout = errors.New("timed out")
 
 // readSecretLine reads one line from f without echo (when f is a
 // terminal), giving up after timeout (0: never). Whatever was typed before
-// the prompt is dropped first.
-func readSecretLine(f *os.File, timeout time.Duration) ([]byte, error) {
+// the prompt is dropped, and only then is prompt called: a line typed in
+// answer to the prompt is never lost.
+func readSecretLine(f *os.File, timeout time.Duration, prompt func()) ([]byte, error) {
 	fd := int(f.Fd())
 	if old, err := unix.IoctlGetTermios(fd, unix.TCGETS); err == nil {
 		t := *old
@@ -198,6 +206,7 @@ func readSecretLine(f *os.File, timeout time.Duration) ([]byte, error) {
 		}
 		_ = unix.IoctlSetInt(fd, unix.TCFLSH, unix.TCIFLUSH)
 	}
+	prompt()
 	deadline := time.Now().Add(timeout)
 	line := make([]byte, 0, maxPassphrase+1)
 	// One byte at a time, so that nothing after the line is consumed (a
@@ -274,8 +283,9 @@ type unlockFunc func(pass []byte) ([]byte, error)
 // which it is; each wrong one says so.
 func askPassphrase(in *os.File, out io.Writer, dev string, tries int, timeout time.Duration, unlock unlockFunc) ([]byte, error) {
 	for try := 1; try <= tries; try++ {
-		fmt.Fprintf(out, "khib: the hibernation image on %s is encrypted; type its passphrase (try %d of %d, %d s):\n", dev, try, tries, int(timeout.Seconds()))
-		pass, err := readSecretLine(in, timeout)
+		pass, err := readSecretLine(in, timeout, func() {
+			fmt.Fprintf(out, "khib: the hibernation image on %s is encrypted; type its passphrase (try %d of %d, %d s):\n", dev, try, tries, int(timeout.Seconds()))
+		})
 		if errors.Is(err, errTimeout) {
 			return nil, fmt.Errorf("no passphrase was typed within %d s", int(timeout.Seconds()))
 		}
@@ -444,8 +454,7 @@ func askPassphraseTerminal(path string) ([]byte, error) {
 		return nil, fmt.Errorf("the image is encrypted, and there is no terminal to ask for its passphrase on (%v); give --passphrase-file FILE", err)
 	}
 	defer tty.Close()
-	fmt.Fprintf(tty, "khib: passphrase of the image on %s: ", path)
-	p, err := readSecretLine(tty, 0)
+	p, err := readSecretLine(tty, 0, func() { fmt.Fprintf(tty, "khib: passphrase of the image on %s: ", path) })
 	if err != nil {
 		return nil, err
 	}

@@ -58,7 +58,23 @@ func (f *memFile) Truncate(n int64) error {
 // zero, sparse; in a few RAM ranges with gaps. The device is a page
 // longer than the image, as a partition would be.
 func testImage(t testing.TB, seed uint64, codec string, pages int) []byte {
+	return testImageKey(t, seed, codec, pages, nil)
+}
+
+// testKey is the master key of the encrypted test images.
+var testKey = bytes.Repeat([]byte{0x6b}, image.KeySize)
+
+// testImageKey is testImage, encrypted under key when key is set.
+func testImageKey(t testing.TB, seed uint64, codec string, pages int, key []byte) []byte {
 	t.Helper()
+	var enc *image.Encryption
+	if key != nil {
+		slot, err := image.NewPassphraseSlot(key, []byte("test"), image.Argon2Params{Time: 1, MemoryKiB: 64, Threads: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		enc = &image.Encryption{Key: key, Slots: []image.KeySlot{slot}}
+	}
 	rng := rand.New(rand.NewPCG(seed, 1))
 	f := &memFile{}
 	meta := image.Meta{
@@ -67,7 +83,7 @@ func testImage(t testing.TB, seed uint64, codec string, pages int) []byte {
 		Region: image.Range{Start: 0x10000000, End: 0x20000000}, JumpBack: 0x10001000,
 		Host: map[string]string{"firmware_ram": "test"},
 	}
-	w, err := image.NewWriter(f, 1<<30, image.WriterOptions{Codec: codec, ChunkPages: 4, Workers: 2, Meta: meta})
+	w, err := image.NewWriter(f, 1<<30, image.WriterOptions{Codec: codec, ChunkPages: 4, Workers: 2, Meta: meta, Encryption: enc})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -311,6 +327,55 @@ func TestRandomMutations(t *testing.T) {
 		})
 	}
 	t.Logf("%d mutations, all refused", total)
+	if total < 1000 {
+		t.Errorf("only %d mutations", total)
+	}
+}
+
+// The same for encrypted images, checked with their key: every mutation
+// refused, and in particular every swapped, duplicated or foreign chunk
+// (the other image is sealed under the same master key, so only the
+// image key and the seals' associated data tell its chunks apart).
+func TestRandomMutationsEncrypted(t *testing.T) {
+	const perCodec = 400
+	total := 0
+	for i, codec := range []string{"s2", "zstd", "none"} {
+		t.Run(codec, func(t *testing.T) {
+			img := testImageKey(t, uint64(30+i), codec, 96, testKey)
+			other := testImageKey(t, uint64(30+i), codec, 96, testKey) // same pages, same key, another UUID
+			base := &Mutation{Kind: "none", Size: int64(len(img)), base: bytes.NewReader(img), baseSize: int64(len(img)), key: testKey}
+			if err := Check(base); err != nil {
+				t.Fatalf("control: the image itself is refused: %v", err)
+			}
+			if err := Check(&Mutation{Kind: "none", Size: int64(len(img)), base: bytes.NewReader(img), baseSize: int64(len(img))}); !errors.Is(err, image.ErrEncrypted) {
+				t.Fatalf("without its key: %v", err)
+			}
+			g, err := New(Image{R: bytes.NewReader(img), Size: int64(len(img)), Key: testKey}, uint64(2000+i), imgOf(other))
+			if err != nil {
+				t.Fatal(err)
+			}
+			rep, err := Run(g, Options{N: perCodec, ProbeEvery: 10, Logf: t.Logf})
+			if err != nil {
+				t.Fatal(err)
+			}
+			total += rep.Mutations
+			if len(rep.Accepted) > 0 {
+				t.Errorf("seed %d: %d mutations got through:\n%s", rep.Seed, len(rep.Accepted), strings.Join(rep.Accepted, "\n"))
+			}
+			for _, k := range Kinds() {
+				if rep.Tried[k] == 0 {
+					t.Errorf("no %s mutation in %d", k, rep.Mutations)
+				}
+				if rep.Refused[k] != rep.Tried[k] {
+					t.Errorf("%s: %d tried, %d refused", k, rep.Tried[k], rep.Refused[k])
+				}
+			}
+			if rep.ProbeWrong != 0 {
+				t.Errorf("Restore handed out %d pages that are not the original's", rep.ProbeWrong)
+			}
+			t.Logf("seed %d, %d mutations: tried %v, errors %v", rep.Seed, rep.Mutations, rep.Tried, rep.Errors)
+		})
+	}
 	if total < 1000 {
 		t.Errorf("only %d mutations", total)
 	}

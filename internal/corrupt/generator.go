@@ -18,6 +18,10 @@ import (
 type Image struct {
 	R    io.ReaderAt
 	Size int64
+	// Key is the master key of an encrypted image to corrupt: the
+	// generator opens it with the key, and its mutations are checked with
+	// it, as stage 1 checks an image whose passphrase it was given.
+	Key []byte
 }
 
 // Generator makes mutations of one image, reproducibly: the same image,
@@ -64,7 +68,7 @@ const (
 // others, if given, are other images (the bytes of another save) for the
 // kinds that mix two images; without them those kinds are not made.
 func New(img Image, seed uint64, others ...Image) (*Generator, error) {
-	rd, err := image.Open(img.R, img.Size)
+	rd, err := image.OpenWith(img.R, img.Size, image.OpenOptions{Key: img.Key})
 	if err != nil {
 		return nil, fmt.Errorf("corrupt: the image to corrupt does not open: %w", err)
 	}
@@ -249,7 +253,7 @@ func (g *Generator) Make(k Kind) (*Mutation, error) {
 }
 
 func (g *Generator) mutation(k Kind, desc string, patches ...patch) *Mutation {
-	m := &Mutation{Kind: k, Size: g.img.Size, desc: desc, base: g.img.R, baseSize: g.img.Size, patches: patches}
+	m := &Mutation{Kind: k, Size: g.img.Size, desc: desc, base: g.img.R, baseSize: g.img.Size, patches: patches, key: g.img.Key}
 	if len(patches) > 0 {
 		m.Region = g.region(patches[0].off)
 	}

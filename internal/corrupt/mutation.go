@@ -68,6 +68,7 @@ type Mutation struct {
 	base     io.ReaderAt
 	baseSize int64
 	patches  []patch
+	key      []byte // of an encrypted image (Image.Key)
 }
 
 // String says exactly what the mutation did: its kind, offsets, lengths

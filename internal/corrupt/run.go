@@ -13,7 +13,7 @@ import (
 // of a resume checks of an image's bytes before it writes a page. nil
 // means the mutation got through.
 func Check(m *Mutation) error {
-	rd, err := image.Check(m.ReaderAt(), m.Size, image.CheckOptions{})
+	rd, err := image.Check(m.ReaderAt(), m.Size, image.CheckOptions{Key: m.key})
 	if err != nil {
 		return err
 	}
@@ -37,12 +37,12 @@ type Probe struct {
 // ProbeRestore opens the mutated image and restores it into nothing,
 // counting the pages handed out and comparing each with the original's.
 func ProbeRestore(m *Mutation) Probe {
-	rd, err := image.Open(m.ReaderAt(), m.Size)
+	rd, err := image.OpenWith(m.ReaderAt(), m.Size, image.OpenOptions{Key: m.key})
 	if err != nil {
 		return Probe{Err: err}
 	}
 	defer rd.Close()
-	orig, err := image.Open(m.base, m.baseSize)
+	orig, err := image.OpenWith(m.base, m.baseSize, image.OpenOptions{Key: m.key})
 	if err != nil {
 		return Probe{Err: fmt.Errorf("corrupt: the original image: %w", err)}
 	}
@@ -89,7 +89,7 @@ type Report struct {
 	// "#seq kind: what".
 	Accepted []string `json:"accepted"`
 	// Errors counts refusals by the sentinel they wrap: not-image,
-	// version, incomplete, invalidated, corrupt, other.
+	// version, incomplete, invalidated, corrupt, wrong-key, encrypted, other.
 	Errors map[string]int `json:"errors"`
 	// Restore probes: how many mutations were also restored without a
 	// Verify first, how many of them opened, how many had pages handed
@@ -167,7 +167,8 @@ func class(err error) string {
 		name string
 	}{
 		{image.ErrNotImage, "not-image"}, {image.ErrVersion, "version"}, {image.ErrIncomplete, "incomplete"},
-		{image.ErrInvalidated, "invalidated"}, {image.ErrCorrupt, "corrupt"},
+		{image.ErrInvalidated, "invalidated"}, {image.ErrCorrupt, "corrupt"}, {image.ErrWrongKey, "wrong-key"},
+		{image.ErrEncrypted, "encrypted"},
 	} {
 		if errors.Is(err, c.err) {
 			return c.name

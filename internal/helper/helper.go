@@ -418,7 +418,9 @@ func Jump(st *State, req mailbox.Request) (*mailbox.Response, time.Duration, err
 // only way it reaches the helper, and is cleared from the page when the
 // jump returns, whatever happened; the helper clears it as soon as it has
 // read it. The page is locked in RAM while it holds the key, so the key
-// never reaches swap.
+// never reaches swap. Once the key is in the page, JumpWithKey clears
+// the caller's key too: the helper saves A's memory, and the page it
+// clears first must be the key's only place in it.
 func JumpWithKey(st *State, req mailbox.Request, key []byte) (*mailbox.Response, time.Duration, error) {
 	tok, err := parseToken(st.Token)
 	if err != nil {
@@ -445,6 +447,7 @@ func JumpWithKey(st *State, req mailbox.Request, key []byte) (*mailbox.Response,
 		if err := mailbox.PutKey(b.page, tok, key); err != nil {
 			return nil, 0, err
 		}
+		clear(key)
 	}
 	// Save what can be saved before leaving: if the helper never comes
 	// back, A's filesystems are at least consistent on disk.
