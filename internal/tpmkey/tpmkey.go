@@ -2,18 +2,20 @@
 // bound to the values of some of its PCRs, and unseals it again: the body
 // of an image's TPM key slot (internal/image, SlotTPM).
 //
-// The key is the data of a keyed-hash object created under the storage
-// root key (SRK) of the owner hierarchy, with a policy that only the same
-// PCR values satisfy (TPM2_PolicyPCR) and no password: whoever runs on
-// this machine with these PCR values gets the key, and nobody else, not
-// even with the disk in hand. The SRK is not stored: it is created again
-// from the TPM's seed and the standard template (TCG "Provisioning
-// Guidance", the ECC P-256 SRK) at every seal and unseal, which gives the
-// same key. The unseal's session is salted with the SRK and encrypts the
-// response, so the key never crosses the bus to the TPM in clear.
+// The key is the data of a keyed-hash object with a policy that only the
+// same PCR values satisfy (TPM2_PolicyPCR) and no password, created under
+// a primary storage key of the owner hierarchy that has the same policy:
+// whoever runs on this machine with these PCR values gets the key, and
+// nobody else, not even with the disk in hand; and only code that ran
+// with these PCR values can have sealed it. The parent is not stored: it
+// is created again from the TPM's seed and its template (the TCG's ECC
+// P-256 SRK template with the PCR policy) at every seal and unseal,
+// which gives the same key. The sessions are salted with the parent and
+// encrypt the response, so the key never crosses the bus in clear.
 package tpmkey
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -179,30 +181,9 @@ func selection(pcrs []int) tpm2.TPMLPCRSelection {
 	}}}
 }
 
-// srk creates the owner hierarchy's SRK: the same key every time, from
-// the TPM's seed and the standard template.
-func srk(t transport.TPM) (*tpm2.CreatePrimaryResponse, func(), error) {
-	rsp, err := tpm2.CreatePrimary{
-		PrimaryHandle: tpm2.TPMRHOwner,
-		InPublic:      tpm2.New2B(tpm2.ECCSRKTemplate),
-	}.Execute(t)
-	if err != nil {
-		return nil, nil, fmt.Errorf("tpmkey: creating the storage root key: %w", err)
-	}
-	return rsp, func() { tpm2.FlushContext{FlushHandle: rsp.ObjectHandle}.Execute(t) }, nil
-}
-
-// Seal seals key to the TPM, bound to the current values of pcrs.
-func Seal(t transport.TPM, key []byte, pcrs []int) (*Slot, error) {
-	m, err := mask(pcrs)
-	if err != nil {
-		return nil, err
-	}
-	if len(key) == 0 || len(key) > 128 {
-		return nil, fmt.Errorf("tpmkey: a key of %d bytes", len(key))
-	}
-	// The policy digest of "these PCRs have their current values",
-	// computed by the TPM in a trial session.
+// policyDigest is the digest of "these PCRs have their current values",
+// computed by the TPM in a trial session.
+func policyDigest(t transport.TPM, pcrs []int) ([]byte, error) {
 	trial, closeTrial, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, 16, tpm2.Trial())
 	if err != nil {
 		return nil, fmt.Errorf("tpmkey: trial session: %w", err)
@@ -215,22 +196,88 @@ func Seal(t transport.TPM, key []byte, pcrs []int) (*Slot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tpmkey: PolicyGetDigest: %w", err)
 	}
-	parent, flush, err := srk(t)
+	return dg.PolicyDigest.Buffer, nil
+}
+
+// parent creates the key's parent: a primary storage key of the owner
+// hierarchy, from the standard ECC P-256 SRK template but usable only
+// under the PCR policy (digest). A primary key follows from the TPM's
+// seed and its template, so the same PCR policy gives the same key every
+// time, and nothing is stored in the TPM. Because only code that runs
+// with these PCR values can use it as a parent, only such code can have
+// made the sealed object: a key slot forged elsewhere (a live system on
+// this machine, say) does not load. That makes the TPM slot an
+// authenticator of the image as well as a lock on its key.
+func parent(t transport.TPM, digest []byte) (*tpm2.CreatePrimaryResponse, func(), error) {
+	tmpl := tpm2.ECCSRKTemplate
+	tmpl.ObjectAttributes.UserWithAuth = false
+	tmpl.AuthPolicy = tpm2.TPM2BDigest{Buffer: digest}
+	rsp, err := tpm2.CreatePrimary{
+		PrimaryHandle: tpm2.TPMRHOwner,
+		InPublic:      tpm2.New2B(tmpl),
+	}.Execute(t)
+	if err != nil {
+		return nil, nil, fmt.Errorf("tpmkey: creating the storage key: %w", err)
+	}
+	return rsp, func() { tpm2.FlushContext{FlushHandle: rsp.ObjectHandle}.Execute(t) }, nil
+}
+
+// pcrSession starts a policy session satisfied by the PCRs' current
+// values, salted with (and so encrypting the response under) salt. The
+// TPM refuses the command it authorises (TPM_RC_POLICY_FAIL) if the PCRs
+// differ from the object's policy.
+func pcrSession(t transport.TPM, pcrs []int, salt *tpm2.CreatePrimaryResponse) (tpm2.Session, func() error, error) {
+	saltPub, err := salt.OutPublic.Contents()
+	if err != nil {
+		return nil, nil, fmt.Errorf("tpmkey: the storage key: %w", err)
+	}
+	sess, closeSess, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, 16,
+		tpm2.Salted(salt.ObjectHandle, *saltPub), tpm2.AESEncryption(128, tpm2.EncryptOut))
+	if err != nil {
+		return nil, nil, fmt.Errorf("tpmkey: policy session: %w", err)
+	}
+	if _, err := (tpm2.PolicyPCR{PolicySession: sess.Handle(), Pcrs: selection(pcrs)}).Execute(t); err != nil {
+		closeSess()
+		return nil, nil, fmt.Errorf("tpmkey: PolicyPCR: %w", err)
+	}
+	return sess, closeSess, nil
+}
+
+// Seal seals key to the TPM, bound to the current values of pcrs: the
+// data of a keyed-hash object with the PCR policy and no password, under
+// a parent with the same policy.
+func Seal(t transport.TPM, key []byte, pcrs []int) (*Slot, error) {
+	m, err := mask(pcrs)
+	if err != nil {
+		return nil, err
+	}
+	if len(key) == 0 || len(key) > 128 {
+		return nil, fmt.Errorf("tpmkey: a key of %d bytes", len(key))
+	}
+	digest, err := policyDigest(t, pcrs)
+	if err != nil {
+		return nil, err
+	}
+	p, flush, err := parent(t, digest)
 	if err != nil {
 		return nil, err
 	}
 	defer flush()
+	sess, closeSess, err := pcrSession(t, pcrs, p)
+	if err != nil {
+		return nil, err
+	}
+	defer closeSess()
 	rsp, err := tpm2.Create{
-		ParentHandle: tpm2.AuthHandle{Handle: parent.ObjectHandle, Name: parent.Name, Auth: tpm2.PasswordAuth(nil)},
+		ParentHandle: tpm2.AuthHandle{Handle: p.ObjectHandle, Name: p.Name, Auth: sess},
 		InSensitive: tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{
 			Data: tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: key}),
 		}},
 		InPublic: tpm2.New2B(tpm2.TPMTPublic{
-			Type:    tpm2.TPMAlgKeyedHash,
-			NameAlg: tpm2.TPMAlgSHA256,
-			// No user password: the policy alone authorises the unseal.
+			Type:             tpm2.TPMAlgKeyedHash,
+			NameAlg:          tpm2.TPMAlgSHA256,
 			ObjectAttributes: tpm2.TPMAObject{FixedTPM: true, FixedParent: true, NoDA: true},
-			AuthPolicy:       tpm2.TPM2BDigest{Buffer: dg.PolicyDigest.Buffer},
+			AuthPolicy:       tpm2.TPM2BDigest{Buffer: digest},
 		}),
 	}.Execute(t)
 	if err != nil {
@@ -244,45 +291,55 @@ func Seal(t transport.TPM, key []byte, pcrs []int) (*Slot, error) {
 	}, nil
 }
 
-// Unseal asks the TPM for the key. A PCR that changed gives ErrPolicy.
+// Unseal asks the TPM for the key. PCRs that changed since the seal give
+// ErrPolicy; an object this TPM did not seal with these PCRs does not
+// load.
 func (s *Slot) Unseal(t transport.TPM) ([]byte, error) {
 	pub, err := tpm2.Unmarshal[tpm2.TPMTPublic](s.Public)
 	if err != nil {
 		return nil, fmt.Errorf("tpmkey: the sealed object's public part: %w", err)
 	}
-	parent, flush, err := srk(t)
+	pcrs := s.PCRList()
+	digest, err := policyDigest(t, pcrs)
+	if err != nil {
+		return nil, err
+	}
+	// The object says which policy it was sealed under; the PCRs as they
+	// are now give another one if any of them changed.
+	if !bytes.Equal(pub.AuthPolicy.Buffer, digest) {
+		return nil, fmt.Errorf("%w (PCRs %v)", ErrPolicy, pcrs)
+	}
+	p, flush, err := parent(t, digest)
 	if err != nil {
 		return nil, err
 	}
 	defer flush()
+	psess, closeP, err := pcrSession(t, pcrs, p)
+	if err != nil {
+		return nil, err
+	}
+	defer closeP()
 	ld, err := tpm2.Load{
-		ParentHandle: tpm2.AuthHandle{Handle: parent.ObjectHandle, Name: parent.Name, Auth: tpm2.PasswordAuth(nil)},
+		ParentHandle: tpm2.AuthHandle{Handle: p.ObjectHandle, Name: p.Name, Auth: psess},
 		InPrivate:    tpm2.TPM2BPrivate{Buffer: s.Private},
 		InPublic:     tpm2.New2B(*pub),
 	}.Execute(t)
 	if err != nil {
-		return nil, fmt.Errorf("tpmkey: loading the sealed key (sealed by another TPM, or altered): %w", err)
+		if errors.Is(err, tpm2.TPMRCPolicyFail) {
+			return nil, fmt.Errorf("%w (PCRs %v)", ErrPolicy, pcrs)
+		}
+		return nil, fmt.Errorf("tpmkey: loading the sealed key (sealed by another TPM or under other PCRs, or altered): %w", err)
 	}
 	defer tpm2.FlushContext{FlushHandle: ld.ObjectHandle}.Execute(t)
-	srkPub, err := parent.OutPublic.Contents()
+	sess, closeSess, err := pcrSession(t, pcrs, p)
 	if err != nil {
-		return nil, fmt.Errorf("tpmkey: the storage root key: %w", err)
-	}
-	// Salted with the SRK, and the response encrypted: the key does not
-	// cross the bus in clear.
-	sess, closeSess, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, 16,
-		tpm2.Salted(parent.ObjectHandle, *srkPub), tpm2.AESEncryption(128, tpm2.EncryptOut))
-	if err != nil {
-		return nil, fmt.Errorf("tpmkey: policy session: %w", err)
+		return nil, err
 	}
 	defer closeSess()
-	if _, err := (tpm2.PolicyPCR{PolicySession: sess.Handle(), Pcrs: selection(s.PCRList())}).Execute(t); err != nil {
-		return nil, fmt.Errorf("tpmkey: PolicyPCR: %w", err)
-	}
 	rsp, err := tpm2.Unseal{ItemHandle: tpm2.AuthHandle{Handle: ld.ObjectHandle, Name: ld.Name, Auth: sess}}.Execute(t)
 	if err != nil {
 		if errors.Is(err, tpm2.TPMRCPolicyFail) {
-			return nil, fmt.Errorf("%w (PCRs %v)", ErrPolicy, s.PCRList())
+			return nil, fmt.Errorf("%w (PCRs %v)", ErrPolicy, pcrs)
 		}
 		return nil, fmt.Errorf("tpmkey: unsealing: %w", err)
 	}

@@ -207,3 +207,77 @@ func TestOpenWithoutTPM(t *testing.T) {
 		t.Fatal("Open of a plain file")
 	}
 }
+
+// A slot cannot be forged: a sealed object made under any other parent
+// (here the plain SRK, with the right policy digest) does not load, and
+// the PCR-bound parent takes no child while the PCRs differ, even from
+// code that knows the digest they must have.
+func TestForgedSlot(t *testing.T) {
+	tpm := swtpm(t, t.TempDir())
+	pcrs := []int{16}
+	evil := bytes.Repeat([]byte{0xee}, 32)
+	digest, err := policyDigest(tpm, pcrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srk, err := tpm2.CreatePrimary{PrimaryHandle: tpm2.TPMRHOwner, InPublic: tpm2.New2B(tpm2.ECCSRKTemplate)}.Execute(tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, err := tpm2.Create{
+		ParentHandle: tpm2.AuthHandle{Handle: srk.ObjectHandle, Name: srk.Name, Auth: tpm2.PasswordAuth(nil)},
+		InSensitive: tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{
+			Data: tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: evil}),
+		}},
+		InPublic: tpm2.New2B(tpm2.TPMTPublic{
+			Type: tpm2.TPMAlgKeyedHash, NameAlg: tpm2.TPMAlgSHA256,
+			ObjectAttributes: tpm2.TPMAObject{FixedTPM: true, FixedParent: true, NoDA: true},
+			AuthPolicy:       tpm2.TPM2BDigest{Buffer: digest},
+		}),
+	}.Execute(tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tpm2.FlushContext{FlushHandle: srk.ObjectHandle}.Execute(tpm)
+	forged := &Slot{Bank: uint16(tpm2.TPMAlgSHA256), PCRs: 1 << 16, Public: obj.OutPublic.Bytes(), Private: obj.OutPrivate.Buffer}
+	if key, err := forged.Unseal(tpm); err == nil {
+		t.Fatalf("a slot sealed under another parent unsealed: %x", key)
+	}
+	// Elsewhere (PCR 16 moved on), the parent for the old digest is
+	// easily made, but takes no child.
+	extend16(t, tpm)
+	p, flush, err := parent(tpm, digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer flush()
+	sess, closeSess, err := pcrSession(tpm, pcrs, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeSess()
+	_, err = tpm2.Create{
+		ParentHandle: tpm2.AuthHandle{Handle: p.ObjectHandle, Name: p.Name, Auth: sess},
+		InSensitive: tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{
+			Data: tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: evil}),
+		}},
+		InPublic: tpm2.New2B(tpm2.TPMTPublic{
+			Type: tpm2.TPMAlgKeyedHash, NameAlg: tpm2.TPMAlgSHA256,
+			ObjectAttributes: tpm2.TPMAObject{FixedTPM: true, FixedParent: true, NoDA: true},
+			AuthPolicy:       tpm2.TPM2BDigest{Buffer: digest},
+		}),
+	}.Execute(tpm)
+	if !errors.Is(err, tpm2.TPMRCPolicyFail) {
+		t.Fatalf("Create under the PCR-bound parent with other PCRs: %v, want a policy failure", err)
+	}
+}
+
+func extend16(t *testing.T, tpm transport.TPM) {
+	t.Helper()
+	if _, err := (tpm2.PCRExtend{
+		PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(16), Auth: tpm2.PasswordAuth(nil)},
+		Digests:   tpm2.TPMLDigestValues{Digests: []tpm2.TPMTHA{{HashAlg: tpm2.TPMAlgSHA256, Digest: make([]byte, 32)}}},
+	}).Execute(tpm); err != nil {
+		t.Fatal(err)
+	}
+}
