@@ -19,7 +19,9 @@ func init() {
 			"QEMU's status \"suspended\"); QMP system_wakeup wakes it, the helper marks the image used and jumps back, and " +
 			"A's workload and acknowledged ext4 appender go on; the next boot is normal",
 		Timeout: 20 * time.Minute,
-		Run:     func(ctx context.Context, env *scenario.Env) (scenario.Result, error) { return runHybrid(ctx, env, false) },
+		Run: func(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
+			return runHybrid(ctx, env, false)
+		},
 	})
 	scenario.Register(scenario.Scenario{
 		Name: "hybrid-powerloss",
@@ -27,7 +29,9 @@ func init() {
 			"process resumes from the image (its ext4 file system found unchanged), A's workload and every acknowledged " +
 			"record are there; the next boot is normal",
 		Timeout: 20 * time.Minute,
-		Run:     func(ctx context.Context, env *scenario.Env) (scenario.Result, error) { return runHybrid(ctx, env, true) },
+		Run: func(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
+			return runHybrid(ctx, env, true)
+		},
 	})
 }
 
