@@ -19,6 +19,7 @@ import (
 	"github.com/khib/khib/internal/helper"
 	"github.com/khib/khib/internal/image"
 	"github.com/khib/khib/internal/mailbox"
+	"github.com/khib/khib/internal/tpmkey"
 )
 
 // Encrypted images, khib's side of them (the format is internal/image's):
@@ -105,38 +106,109 @@ func (k *saveKey) wipe() {
 	}
 }
 
-// newSaveKey reads the passphrase from passFile ("" for the terminal),
-// draws a fresh master key and wraps it into a passphrase slot.
-func newSaveKey(passFile string, p image.Argon2Params) (*saveKey, error) {
-	var pass []byte
-	var err error
-	if passFile != "" {
-		pass, err = readPassphraseFile(passFile)
-	} else {
-		pass, err = askNewPassphrase()
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer clear(pass)
+// keyOptions say which key slots an encrypted save gets.
+type keyOptions struct {
+	// PassFile is where the passphrase is ("" for the terminal).
+	PassFile string
+	// Passphrase makes a passphrase slot: with a TPM slot only when a
+	// passphrase file is given (a second way in when the PCRs change).
+	Passphrase bool
+	Argon2     image.Argon2Params
+	// TPMPCRs, if set, makes a TPM slot bound to these PCRs.
+	TPMPCRs []int
+}
+
+// newSaveKey draws a fresh master key and wraps it into the key slots o
+// asks for: a TPM slot (sealed to the PCRs' current values) and a
+// passphrase slot (Argon2id; the passphrase from a file or the terminal).
+func newSaveKey(o keyOptions) (*saveKey, error) {
 	k := &saveKey{key: make([]byte, image.KeySize)}
 	if _, err := rand.Read(k.key); err != nil {
 		return nil, fmt.Errorf("drawing a key: %w", err)
 	}
+	if o.TPMPCRs != nil {
+		slot, err := sealTPM(k.key, o.TPMPCRs)
+		if err != nil {
+			k.wipe()
+			return nil, err
+		}
+		k.slots = append(k.slots, slot)
+	}
+	if !o.Passphrase {
+		return k, nil
+	}
+	var pass []byte
+	var err error
+	if o.PassFile != "" {
+		pass, err = readPassphraseFile(o.PassFile)
+	} else {
+		pass, err = askNewPassphrase()
+	}
+	if err != nil {
+		k.wipe()
+		return nil, err
+	}
+	defer clear(pass)
 	t0 := time.Now()
-	slot, err := image.NewPassphraseSlot(k.key, pass, p)
+	slot, err := image.NewPassphraseSlot(k.key, pass, o.Argon2)
 	if err != nil {
 		k.wipe()
 		return nil, err
 	}
 	k.kdf = time.Since(t0)
-	k.slots = []image.KeySlot{slot}
+	k.slots = append(k.slots, slot)
 	// Argon2id's 64 MiB are garbage now: hand them back to A, so that
 	// they are free pages, which the helper leaves out of the image,
 	// and not 64 MiB of incompressible heap to save.
 	debug.FreeOSMemory()
 	return k, nil
 }
+
+// sealTPM seals key to this machine's TPM, bound to pcrs.
+func sealTPM(key []byte, pcrs []int) (image.KeySlot, error) {
+	t, err := tpmkey.Open()
+	if err != nil {
+		return image.KeySlot{}, fmt.Errorf("--tpm: %w", err)
+	}
+	defer t.Close()
+	s, err := tpmkey.Seal(t, key, pcrs)
+	if err != nil {
+		return image.KeySlot{}, err
+	}
+	return image.KeySlot{Kind: image.SlotTPM, Body: s.Marshal()}, nil
+}
+
+// unsealTPM tries the image's TPM slots on this machine's TPM. It returns
+// nil and the reason when none opens (no TPM slot, no TPM, other PCRs).
+func unsealTPM(sb *image.Superblock) ([]byte, error) {
+	var errs []error
+	for _, ks := range sb.Slots {
+		if ks.Kind != image.SlotTPM {
+			continue
+		}
+		s, err := tpmkey.Parse(ks.Body)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		t, err := tpmkey.Open()
+		if err != nil {
+			return nil, err
+		}
+		key, err := s.Unseal(t)
+		t.Close()
+		if err == nil {
+			return key, nil
+		}
+		errs = append(errs, err)
+	}
+	if errs == nil {
+		return nil, errNoTPMSlot
+	}
+	return nil, errors.Join(errs...)
+}
+
+var errNoTPMSlot = errors.New("the image has no TPM key slot")
 
 // readPassphraseFile reads a passphrase from the first line of a file.
 func readPassphraseFile(path string) ([]byte, error) {
@@ -316,6 +388,16 @@ func askPassphrase(in *os.File, out io.Writer, dev string, tries int, timeout ti
 // derivation the image asks for. An error is stage 1's reason to boot
 // normally.
 func unlockStage1(dev string, sb *image.Superblock) ([]byte, error) {
+	// The TPM first: on the machine and boot chain that saved the image
+	// it needs nobody at the console.
+	key, terr := unsealTPM(sb)
+	if terr == nil {
+		console("khib: the TPM released the image's key")
+		return key, nil
+	}
+	if !errors.Is(terr, errNoTPMSlot) {
+		console("khib: the TPM does not release the image's key: %v", terr)
+	}
 	var need uint64
 	for _, s := range sb.Slots {
 		if ps, err := s.Passphrase(); err == nil {
@@ -323,7 +405,10 @@ func unlockStage1(dev string, sb *image.Superblock) ([]byte, error) {
 		}
 	}
 	if need == 0 {
-		return nil, errors.New("the image is encrypted and has no passphrase key slot (this khib unlocks passphrases only)")
+		if !errors.Is(terr, errNoTPMSlot) {
+			return nil, fmt.Errorf("the TPM does not release the image's key, and the image has no passphrase to fall back on: %w", terr)
+		}
+		return nil, errors.New("the image is encrypted and has neither a TPM nor a passphrase key slot this khib can open")
 	}
 	if avail, err := memAvailable("/proc/meminfo"); err == nil && need+64<<20 > avail {
 		return nil, fmt.Errorf("the image's key derivation needs %d MiB, and this machine has %d MiB available", need>>20, avail>>20)
@@ -412,6 +497,11 @@ func slotSummary(slots []image.KeySlot) string {
 		if ps, err := s.Passphrase(); err == nil {
 			d += " (" + ps.Params.String() + ")"
 		}
+		if s.Kind == image.SlotTPM {
+			if ts, err := tpmkey.Parse(s.Body); err == nil {
+				d += fmt.Sprintf(" (PCRs %v)", ts.PCRList())
+			}
+		}
 		parts = append(parts, d)
 	}
 	return "key slots: " + strings.Join(parts, ", ")
@@ -427,6 +517,13 @@ func imageKey(f *os.File, path, sub, passFile string, asJSON bool) (key []byte, 
 	}
 	if passFile == "" && sub == "inspect" {
 		return nil, true, inspectHeader(sb, path, asJSON)
+	}
+	if passFile == "" {
+		if key, err := unsealTPM(sb); err == nil {
+			return key, false, 0
+		} else if !errors.Is(err, errNoTPMSlot) {
+			fmt.Fprintf(os.Stderr, "khib: the TPM does not release the image's key: %v\n", err)
+		}
 	}
 	var pass []byte
 	if passFile != "" {

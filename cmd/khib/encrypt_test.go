@@ -157,7 +157,7 @@ func TestNewSaveKey(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "pass")
 	os.WriteFile(p, []byte("hunter2\n"), 0o600)
 	params := image.Argon2Params{Time: 1, MemoryKiB: 64, Threads: 1}
-	k, err := newSaveKey(p, params)
+	k, err := newSaveKey(keyOptions{PassFile: p, Passphrase: true, Argon2: params})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +169,7 @@ func TestNewSaveKey(t *testing.T) {
 	if _, err := image.UnlockPassphrase(sb, []byte("hunter3")); !errors.Is(err, image.ErrWrongKey) {
 		t.Fatalf("another passphrase: %v", err)
 	}
-	k2, _ := newSaveKey(p, params)
+	k2, _ := newSaveKey(keyOptions{PassFile: p, Passphrase: true, Argon2: params})
 	if bytes.Equal(k.key, k2.key) {
 		t.Fatal("two saves drew the same key")
 	}
@@ -214,7 +214,7 @@ func TestImageCommandEncrypted(t *testing.T) {
 	os.WriteFile(pass, []byte("open sesame\n"), 0o600)
 	wrong := filepath.Join(dir, "wrong")
 	os.WriteFile(wrong, []byte("open sesame!\n"), 0o600)
-	k, err := newSaveKey(pass, image.Argon2Params{Time: 1, MemoryKiB: 256, Threads: 1})
+	k, err := newSaveKey(keyOptions{PassFile: pass, Passphrase: true, Argon2: image.Argon2Params{Time: 1, MemoryKiB: 256, Threads: 1}})
 	if err != nil {
 		t.Fatal(err)
 	}

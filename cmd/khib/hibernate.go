@@ -16,9 +16,10 @@ import (
 	"github.com/khib/khib/internal/image"
 	"github.com/khib/khib/internal/mailbox"
 	"github.com/khib/khib/internal/target"
+	"github.com/khib/khib/internal/tpmkey"
 )
 
-const hibernateHelp = `Usage: khib hibernate [--target SPEC] [--codec s2|zstd|none] [--encrypt [--passphrase-file FILE]] [--return | --then suspend] [--json] [--kernel FILE]
+const hibernateHelp = `Usage: khib hibernate [--target SPEC] [--codec s2|zstd|none] [--encrypt [--passphrase-file FILE] [--tpm [--tpm-pcrs LIST]]] [--return | --then suspend] [--json] [--kernel FILE]
        khib hibernate --systemd [--then suspend] [--target SPEC] [--codec ...] [--kernel FILE]
 
 Hibernate this system: jump into khib's helper kernel, which saves this
@@ -50,6 +51,15 @@ helper through memory only. Nothing secret touches a disk; the next boot
 asks for the passphrase on the console (three tries, then it boots
 normally and the image stays for the next boot). khib image inspect shows
 an encrypted image's header only; khib image verify needs the passphrase.
+
+With --tpm (or encrypt = tpm) the key is also sealed to this machine's
+TPM 2.0, bound to the values of the PCRs in LIST (default 0,2,4,7: the
+firmware, option ROMs, boot loader and secure boot policy): the next boot
+on this machine and boot chain resumes without asking. Only code that
+ran with those PCR values can have sealed such a key, so the TPM slot
+also vouches for the image. A passphrase is asked for only with
+--passphrase-file (a second way in, for when the PCRs change); without
+one, an image whose PCRs changed is refused and the boot goes on.
 
 --then suspend is hybrid sleep: once the image is complete the helper
 suspends the machine to RAM. If it wakes, the helper marks the image used
@@ -107,6 +117,8 @@ func cmdHibernate(args []string) int {
 	encrypt := fs.Bool("encrypt", false, "encrypt the image with a key from a passphrase (default: encrypt in /etc/khib.conf)")
 	passFile := fs.String("passphrase-file", "", "with --encrypt, read the passphrase from the first line of FILE instead of the terminal")
 	argon := fs.String("argon2", "3,64,4", "with --encrypt, Argon2id's cost: TIME (passes),MEMORY (MiB),LANES")
+	useTPM := fs.Bool("tpm", false, "encrypt, with the key sealed to this machine's TPM 2.0 (a passphrase slot too with --passphrase-file)")
+	tpmPCRs := fs.String("tpm-pcrs", "0,2,4,7", "with --tpm, the PCRs the key is bound to")
 	fs.Usage = func() { fmt.Fprint(os.Stderr, hibernateHelp); fs.PrintDefaults() }
 	if code, ok := parseFlags(fs, args); !ok {
 		return code
@@ -149,10 +161,21 @@ func cmdHibernate(args []string) int {
 		fmt.Fprintf(os.Stderr, "khib hibernate: %v\n", err)
 		return 2
 	}
-	if cfg != nil && !set["encrypt"] {
-		*encrypt = cfg.Encrypt == "passphrase"
+	if cfg != nil && !set["encrypt"] && !set["tpm"] {
+		*encrypt = cfg.Encrypt == "passphrase" || cfg.Encrypt == "tpm"
+		*useTPM = cfg.Encrypt == "tpm"
+	}
+	*encrypt = *encrypt || *useTPM
+	pcrs, err := tpmkey.ParsePCRs(*tpmPCRs)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "khib hibernate: --tpm-pcrs: %v\n", err)
+		return 2
 	}
 	kdf, err := parseArgon2(*argon)
+	keys := keyOptions{PassFile: *passFile, Passphrase: !*useTPM || *passFile != "", Argon2: kdf}
+	if *useTPM {
+		keys.TPMPCRs = pcrs
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "khib hibernate: %v\n", err)
 		return 2
@@ -190,11 +213,11 @@ func cmdHibernate(args []string) int {
 	if *encrypt {
 		// Asked before anything is loaded or written, so that a mistyped
 		// passphrase costs nothing.
-		if encryptKey, err = newSaveKey(*passFile, kdf); err != nil {
+		if encryptKey, err = newSaveKey(keys); err != nil {
 			return fail("hibernate: %v", err)
 		}
 		defer encryptKey.wipe()
-		fmt.Fprintf(os.Stderr, "khib: the image will be encrypted (aes-256-gcm, key from the passphrase with %v: %.1f s)\n", kdf, encryptKey.kdf.Seconds())
+		fmt.Fprintf(os.Stderr, "khib: the image will be encrypted (aes-256-gcm; %s; the passphrase's key derivation took %.1f s)\n", slotSummary(encryptKey.slots), encryptKey.kdf.Seconds())
 	}
 	if *systemdMode {
 		return hibernateSystemd(&res, func() error { return hibernate(&res, dev, *codec, false, load, cmd, *noFilter) }, *kernel)

@@ -44,14 +44,15 @@ type Config struct {
 	HelperKernel string
 	// Codec is the image compression: s2, zstd or none.
 	Codec string
-	// Encrypt is how images are encrypted: "no" (or empty), or
+	// Encrypt is how images are encrypted: "no" (or empty),
 	// "passphrase" (khib hibernate asks for one on the terminal, as
-	// --encrypt does; stage 1 asks on the console).
+	// --encrypt does; stage 1 asks on the console) or "tpm" (the key
+	// sealed to this machine's TPM, as --tpm does; stage 1 asks nobody).
 	Encrypt string
 }
 
 // Encrypts are the values encrypt may take.
-var Encrypts = []string{"no", "passphrase"}
+var Encrypts = []string{"no", "passphrase", "tpm"}
 
 // Default returns the configuration that applies when no file exists.
 func Default() *Config {

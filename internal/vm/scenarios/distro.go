@@ -68,6 +68,9 @@ type distroGuest struct {
 	m     *vm.Machine
 	agent *vm.Agent
 	boots int
+	// qemu, if set, gives extra QEMU arguments for the boot of that name
+	// (a TPM, another device).
+	qemu func(name string) []string
 }
 
 // imageSpec is how khib's configuration names the image partition.
@@ -100,6 +103,9 @@ func (g *distroGuest) bootAs(ctx context.Context, name string, normal bool) (flo
 	cfg.Kernel, cfg.Append = "", ""
 	cfg.Disks = append([]vm.Disk{{Path: g.disk}}, g.extra...)
 	cfg.Extra = append(cfg.Extra, vm.AgentArgs(sock)...)
+	if g.qemu != nil {
+		cfg.Extra = append(cfg.Extra, g.qemu(name)...)
+	}
 	m, err := g.env.Start(ctx, name, cfg)
 	if err != nil {
 		return 0, err
