@@ -97,7 +97,7 @@ var (
 	acceptedRE  = regexp.MustCompile(`^khib: passphrase accepted \(key derived in ([0-9.]+) s\)`)
 	restoredRE  = regexp.MustCompile(`^khib-restore: A's memory restored in ([0-9.]+) s`)
 	intactRE    = regexp.MustCompile(`^khib: image intact \((?:.*, )?([0-9.]+) s\)`)
-	kdfARE      = regexp.MustCompile(`khib: the image will be encrypted .*: ([0-9.]+) s\)`)
+	kdfARE      = regexp.MustCompile(`khib: the image will be encrypted .* took ([0-9.]+) s\)`)
 	notResuming = regexp.MustCompile(`^khib: NOT resuming from the hibernation image on /dev/vdb`)
 )
 
