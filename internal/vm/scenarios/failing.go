@@ -289,7 +289,7 @@ func runDiskVanishes(ctx context.Context, env *scenario.Env) (scenario.Result, e
 	err = runFailing(ctx, env, failingRun{
 		bad: "/dev/vda", good: "/dev/vdb", badDisk: bad, goodDisk: good, cfg: cfg,
 		during: func(ctx context.Context, m *vm.Machine) (scenario.Result, error) {
-			return pullDisk(ctx, env, m, vm.DriveID(0))
+			return pullDisk(ctx, env, m, vm.DriveID(0), bad)
 		},
 		want: []string{"failed a write (input/output error)", "was removed"},
 	}, res)
@@ -311,7 +311,7 @@ func runDiskVanishes(ctx context.Context, env *scenario.Env) (scenario.Result, e
 
 // pullDisk waits until the helper writes, then removes drive: device_del
 // first, and HMP drive_del when the device is still there after it.
-func pullDisk(ctx context.Context, env *scenario.Env, m *vm.Machine, drive string) (scenario.Result, error) {
+func pullDisk(ctx context.Context, env *scenario.Env, m *vm.Machine, drive, file string) (scenario.Result, error) {
 	res := scenario.Result{}
 	qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	q, err := m.QMP(qctx)
@@ -339,6 +339,14 @@ func pullDisk(ctx context.Context, env *scenario.Env, m *vm.Machine, drive strin
 		return res, err
 	}
 	time.Sleep(removalDelay)
+	// Under load the helper's first writes may still sit in its page
+	// cache after the delay: wait until the disk file (sparse) holds 2 MiB.
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		var st unix.Stat_t
+		if err := unix.Stat(file, &st); err == nil && st.Blocks*512 >= 2<<20 {
+			break
+		}
+	}
 	qctx, cancel = context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	method := "drive_del"
