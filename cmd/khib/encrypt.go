@@ -33,14 +33,17 @@ import (
 //   - B takes the key out of the mailbox (and clears it there) before it
 //     saves A's memory, and seals the image with it and the reservation's
 //     slots.
-//   - Stage 1 asks for the passphrase on the console, three tries, and
-//     opens the image with the key; C gets the key in a cpio archive
-//     appended to its initramfs in memory (helper.LoadRestore), never on a
-//     command line or a disk.
+//   - With --tpm, A also (or only) seals the master key to the machine's
+//     TPM 2.0, bound to PCRs (internal/tpmkey), as a second key slot.
+//   - Stage 1 tries the TPM first; failing that it asks for the
+//     passphrase on the console, three tries, and opens the image with
+//     the key; C gets the key in a cpio archive appended to its initramfs
+//     in memory (helper.LoadRestore), never on a command line or a disk.
 
 // encryptKey is the key of this khib hibernate's save when it encrypts
-// (--encrypt, or encrypt = passphrase in the configuration), nil for a
-// save in clear. cmdHibernate sets it before hibernate runs.
+// (--encrypt or --tpm, or encrypt = passphrase or tpm in the
+// configuration), nil for a save in clear. cmdHibernate sets it before
+// hibernate runs.
 var encryptKey *saveKey
 
 // reserve writes the reservation: encrypted (with the key slots) when k is.
