@@ -244,8 +244,12 @@ func runResumeCorruptKinds(ctx context.Context, env *scenario.Env) (scenario.Res
 	}
 
 	for _, k := range corruptKinds {
-		if err := copySparse(imgOrig, imgDisk); err != nil {
-			return res, err
+		// Both disks as A left them: the refused boot before mounted the
+		// data disk, and stage 1 would now refuse that change first.
+		for _, c := range [][2]string{{imgOrig, imgDisk}, {dataOrig, dataDisk}} {
+			if err := copySparse(c[0], c[1]); err != nil {
+				return res, err
+			}
 		}
 		what, err := writeMutation(imgDisk, other, seed, k)
 		if err != nil {
