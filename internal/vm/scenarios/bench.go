@@ -61,7 +61,8 @@ func benchSave(ctx context.Context, env *scenario.Env, name string, mib int, mix
 	if err != nil {
 		return nil, err
 	}
-	disk, err := env.NewDisk(name+".img", 1536)
+	// Sparse; the cp /proc/vmcore baseline writes all of A's RAM to it.
+	disk, err := env.NewDisk(name+".img", max(1536, env.MemMiB+512))
 	if err != nil {
 		return nil, err
 	}
