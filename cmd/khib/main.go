@@ -36,6 +36,9 @@ return. Run 'khib COMMAND --help' for the details of a command.
 As PID 1, khib is the helpers' init (khib.role=helper|restore), or, with
 khib.resume=DEV on the kernel command line, the first stage of a resume; it
 then hands over to the system's init (khib.init=PATH, default /sbin/init).
+The helper kernels print where this system's console is, but quietly:
+errors only (loglevel=4), whatever its own loglevel; khib.helper_loglevel=N
+on the kernel command line gives them loglevel=N (8 for every message).
 
 Exit status: 0 on success, 1 when the command failed or the answer is no,
 2 on a usage error.

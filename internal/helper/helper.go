@@ -254,34 +254,6 @@ func RAMSummary(fw []kexec.E820Entry) string {
 	return strings.Join(parts, ",")
 }
 
-// helperCmdline carries over the console settings of A's command line, so
-// that the helper prints where A prints.
-func helperCmdline(extra string) string {
-	return HelperCmdline("helper", extra)
-}
-
-// HelperCmdline is the command line of a helper kernel with the given
-// khib role: the console settings of the running kernel, nokaslr, the
-// role and extra.
-func HelperCmdline(role, extra string) string {
-	b, _ := os.ReadFile("/proc/cmdline")
-	var keep []string
-	for _, w := range strings.Fields(string(b)) {
-		for _, p := range []string{"console=", "earlyprintk=", "loglevel=", "panic=", "ignore_loglevel", "quiet", "printk.time=", "no_console_suspend"} {
-			if strings.HasPrefix(w, p) {
-				keep = append(keep, w)
-			}
-		}
-	}
-	// nokaslr: with KASLR the decompressor may pick a spot outside the
-	// region the loader chose for it.
-	keep = append(keep, "nokaslr", "khib.role="+role)
-	if extra != "" {
-		keep = append(keep, extra)
-	}
-	return strings.Join(keep, " ")
-}
-
 // Load places the helper in R and loads it with KEXEC_PRESERVE_CONTEXT.
 // Any image loaded before is replaced.
 func Load(o Options) (*State, *kexec.HelperPlan, error) {

@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/khib/khib/internal/helper"
 	"github.com/khib/khib/internal/vm"
 )
 
@@ -230,6 +231,12 @@ func (e *Env) Config() vm.Config {
 func (e *Env) Start(ctx context.Context, name string, cfg vm.Config) (*vm.Machine, error) {
 	if cfg.ConsoleLog == "" {
 		cfg.ConsoleLog = e.Path(name + ".console.log")
+	}
+	// Helper kernels are quiet unless A's command line asks otherwise
+	// (internal/helper); -v shows their kernel messages too. A machine
+	// that boots its disk's boot loader takes its command line from there.
+	if e.Verbose && cfg.Kernel != "" {
+		cfg.Append = strings.TrimSpace(cfg.Append + " " + helper.HelperLoglevelParam + "=8")
 	}
 	m, err := vm.Start(ctx, cfg)
 	if err != nil {

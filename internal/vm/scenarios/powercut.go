@@ -87,10 +87,12 @@ type phase struct {
 
 var (
 	// savePhases follow one another on A's console from khib hibernate
-	// to the power-off. The helper's boot begins with its kernel's banner.
+	// to the power-off. The helper's boot begins with its decompressor's
+	// nokaslr line, or its kernel's banner, which a quiet helper (the
+	// default helper loglevel) does not print.
 	savePhases = []phase{
 		{"A prepares", regexp.MustCompile(`^khibvm-hibernate-start`)},
-		{"helper boots", regexp.MustCompile(`Linux version`)},
+		{"helper boots", regexp.MustCompile(`KASLR disabled|Linux version`)},
 		{"helper writes", regexp.MustCompile(`^khib-helper: saving A `)},
 		{"helper commits", regexp.MustCompile(`^khib-helper: saving 100%`)},
 		{"image committed", regexp.MustCompile(`^khib-helper: image complete on`)},
