@@ -569,21 +569,8 @@ func checkRefused(ctx context.Context, env *scenario.Env, cfg vm.Config, tp *tam
 	if _, err := m.WaitPowerOff(time.Minute); err != nil {
 		return err
 	}
-	var msg []string
-	in := false
-	for _, l := range m.Lines() {
-		if strings.HasPrefix(l.Text, "khib: NOT resuming") {
-			in = true
-		}
-		if in {
-			msg = append(msg, strings.TrimSpace(l.Text))
-			if len(msg) == 4 {
-				break
-			}
-		}
-	}
-	res["message"] = strings.Join(msg, " ")
-	if len(msg) == 0 || !strings.Contains(res["message"].(string), tp.want) {
+	res["message"] = refusalMessage(m)
+	if res["message"] == "" || !strings.Contains(res["message"].(string), tp.want) {
 		return fmt.Errorf("stage 1 did not refuse with %q; it said %q", tp.want, res["message"])
 	}
 	if tp.kernel != "" {
@@ -622,20 +609,7 @@ func checkRefusedByRestore(ctx context.Context, env *scenario.Env, cfg vm.Config
 	if !exit.Rebooted {
 		return fmt.Errorf("after refusing, the restore helper did not reboot: %s (console %s)", exit, m.LogPath())
 	}
-	var msg []string
-	in := false
-	for _, l := range m.Lines() {
-		if strings.HasPrefix(l.Text, "khib-restore: NOT resuming") {
-			in = true
-		}
-		if in {
-			msg = append(msg, strings.TrimSpace(l.Text))
-			if len(msg) == 4 {
-				break
-			}
-		}
-	}
-	res["message"] = strings.Join(msg, " ")
+	res["message"] = paragraph(m, "khib-restore: NOT resuming")
 	if !strings.Contains(res["message"].(string), tp.want) {
 		return fmt.Errorf("the restore helper did not refuse with %q; it said %q", tp.want, res["message"])
 	}

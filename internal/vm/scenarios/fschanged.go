@@ -225,11 +225,16 @@ func runFSChanged(ctx context.Context, env *scenario.Env) (scenario.Result, erro
 
 // refusalMessage is stage 1's paragraph that starts "khib: NOT resuming",
 // joined into one line.
-func refusalMessage(m *vm.Machine) string {
+func refusalMessage(m *vm.Machine) string { return paragraph(m, "khib: NOT resuming") }
+
+// paragraph is the first console line of m that starts with prefix and
+// the three after it, trimmed and joined into one line: a refusal's
+// paragraph.
+func paragraph(m *vm.Machine, prefix string) string {
 	var msg []string
 	in := false
 	for _, l := range m.Lines() {
-		if strings.HasPrefix(l.Text, "khib: NOT resuming") {
+		if strings.HasPrefix(l.Text, prefix) {
 			in = true
 		}
 		if in {
