@@ -203,15 +203,60 @@ type ExecResult struct {
 
 // Start runs sh -c script in the guest and returns its pid at once,
 // without waiting: for a command after which the guest goes away
-// (systemctl hibernate, poweroff).
+// (systemctl hibernate, poweroff). A pid of 0 with no error means the
+// command was started but the agent's answer, with its pid, was lost.
+//
+// Each try has its own short deadline. A request can be lost on the way:
+// virtio-console drops what the agent has not read yet when the guest
+// freezes its devices, as it does for every kexec jump (khib re-arming its
+// helper just after a resume is one). The script first makes a marker
+// directory in /run; after a lost try, the marker tells whether the
+// script was started, and it is sent again only if it was not.
 func (a *Agent) Start(ctx context.Context, script string) (int, error) {
+	a.mu.Lock()
+	a.id++
+	marker := fmt.Sprintf("/run/khib-vm-exec.%d.%d", time.Now().UnixNano(), a.id)
+	a.mu.Unlock()
+	pid, err := a.exec(ctx, "mkdir "+marker+` && exec /bin/sh -c "$0"`, script)
+	for try := 1; try < 4 && err != nil && !isAgentError(err) && ctx.Err() == nil; try++ {
+		var st ExecResult
+		cpid, cerr := a.exec(ctx, "test -d "+marker)
+		if cerr == nil {
+			st, cerr = a.wait(ctx, cpid, "test -d "+marker)
+		}
+		switch {
+		case cerr != nil:
+			err = cerr
+		case st.ExitCode == 0:
+			return 0, nil
+		default:
+			pid, err = a.exec(ctx, "mkdir "+marker+` && exec /bin/sh -c "$0"`, script)
+		}
+	}
+	return pid, err
+}
+
+// exec is one guest-exec of sh -c script args... with its own short
+// deadline.
+func (a *Agent) exec(ctx context.Context, script string, args ...string) (int, error) {
 	var ret struct {
 		PID int `json:"pid"`
 	}
-	err := a.call(ctx, "guest-exec", map[string]any{
-		"path": "/bin/sh", "arg": []string{"-c", script}, "capture-output": true,
+	cctx, cancel := context.WithTimeout(ctx, execTryTimeout)
+	defer cancel()
+	err := a.call(cctx, "guest-exec", map[string]any{
+		"path": "/bin/sh", "arg": append([]string{"-c", script}, args...), "capture-output": true,
 	}, &ret)
 	return ret.PID, err
+}
+
+// execTryTimeout is how long one guest-exec waits for its answer: the
+// agent answers at once, having only forked.
+var execTryTimeout = 30 * time.Second
+
+func isAgentError(err error) bool {
+	var ae *agentError
+	return errors.As(err, &ae)
 }
 
 // Run runs sh -c script in the guest and waits for it to exit.
@@ -220,6 +265,14 @@ func (a *Agent) Run(ctx context.Context, script string) (ExecResult, error) {
 	if err != nil {
 		return ExecResult{}, err
 	}
+	if pid == 0 {
+		return ExecResult{}, fmt.Errorf("guest command %q: started, but the agent's answer with its pid was lost", script)
+	}
+	return a.wait(ctx, pid, script)
+}
+
+// wait polls the agent until the command with this pid has exited.
+func (a *Agent) wait(ctx context.Context, pid int, script string) (ExecResult, error) {
 	for {
 		var st struct {
 			Exited   bool   `json:"exited"`

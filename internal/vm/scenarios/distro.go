@@ -139,8 +139,29 @@ func (g *distroGuest) bootAs(ctx context.Context, name string, normal bool) (flo
 		}
 		return 0, fmt.Errorf("%s: %v (console: %s)", name, err, m.LogPath())
 	}
-	return time.Since(m.Started()).Seconds(), nil
+	took := time.Since(m.Started()).Seconds()
+	if !normal {
+		// A resumed A finishes the sleep job that hibernated it, and
+		// with an armed helper re-arms it with one more kexec round trip:
+		// wait for that, so that the scenario's next steps (another
+		// systemctl hibernate above all) do not race it.
+		if _, err := g.sh(ctx, settleScript); err != nil {
+			return 0, fmt.Errorf("%s: after the resume, the sleep job did not finish: %w (console: %s)", name, err, m.LogPath())
+		}
+	}
+	return took, nil
 }
+
+// settleScript waits up to a minute for systemd's sleep services to be
+// done.
+const settleScript = `for i in $(seq 300); do
+  case "$(systemctl show -p ActiveState --value systemd-hibernate.service systemd-hybrid-sleep.service)" in
+  *activating*) sleep 0.2 ;;
+  *) exit 0 ;;
+  esac
+done
+echo "systemd-hibernate.service or systemd-hybrid-sleep.service still running after a minute" >&2
+exit 1`
 
 // errorf is an error about the current machine that names its console log.
 func (g *distroGuest) errorf(format string, a ...any) error {

@@ -22,7 +22,7 @@ func init() {
 			"encrypted with its key sealed to the TPM (PCRs 0,2,4,7); the next boot resumes through the initramfs with " +
 			"nobody at the console, the workload intact. Hibernated again, the machine boots with another option ROM " +
 			"(a VGA card: PCR 2 changes): the TPM does not release the key, the image is refused, the boot goes on normally",
-		Timeout: 45 * time.Minute,
+		Timeout: 20 * time.Minute,
 		Run:     runCycleTPM,
 	})
 }
