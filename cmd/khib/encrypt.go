@@ -47,7 +47,7 @@ import (
 var encryptKey *saveKey
 
 // reserve writes the reservation: encrypted (with the key slots) when k is.
-func reserve(f *os.File, nonce image.Nonce, size int64, k *saveKey) error {
+func reserve(f io.WriterAt, nonce image.Nonce, size int64, k *saveKey) error {
 	if k == nil {
 		return image.WriteReservation(f, nonce, size)
 	}
@@ -475,7 +475,7 @@ func restoreKey() ([]byte, error) {
 // complete: image.Check says what of it), the key and true for an
 // encrypted one whose passphrase was typed, and false when stage 1 must
 // boot normally, having said why.
-func unlockImage(f *os.File, dev string) ([]byte, bool) {
+func unlockImage(f io.ReaderAt, dev string) ([]byte, bool) {
 	sb, err := image.ReadSuperblock(f)
 	if err != nil || !sb.Encrypted() || sb.State != image.StateComplete {
 		return nil, true
@@ -513,7 +513,7 @@ func slotSummary(slots []image.KeySlot) string {
 // imageKey is khib image's side: the key of an encrypted image, from
 // passFile or (for verify) the terminal. Without a passphrase, inspect
 // prints the header and is done (done true, with the exit status).
-func imageKey(f *os.File, path, sub, passFile string, asJSON bool) (key []byte, done bool, code int) {
+func imageKey(f io.ReaderAt, path, sub, passFile string, asJSON bool) (key []byte, done bool, code int) {
 	sb, err := image.ReadSuperblock(f)
 	if err != nil || !sb.Encrypted() {
 		return nil, false, 0

@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/khib/khib/internal/config"
 	"github.com/khib/khib/internal/freecount"
 	"github.com/khib/khib/internal/helper"
 	"github.com/khib/khib/internal/image"
@@ -94,9 +93,13 @@ Options:
 `
 
 type hibernateResult struct {
-	OK      bool           `json:"ok"`
-	Error   string         `json:"error,omitempty"`
-	Target  string         `json:"target"`
+	OK     bool   `json:"ok"`
+	Error  string `json:"error,omitempty"`
+	Target string `json:"target"`
+	// Resume is the target as the next boot's stage 1 finds it
+	// (khib.resume=): the same as Target for a device, located forms
+	// (file:DEV@OFFSET, swap:DEV) for a file or swap.
+	Resume  string         `json:"resume,omitempty"`
 	Mode    string         `json:"mode,omitempty"` // helper "fresh" or "armed"
 	AwayS   float64        `json:"away_s,omitempty"`
 	Figures map[string]any `json:"figures,omitempty"`
@@ -184,23 +187,14 @@ func cmdHibernate(args []string) int {
 		fmt.Fprintln(os.Stderr, "khib hibernate: --passphrase-file and --argon2 go with --encrypt")
 		return 2
 	}
-	// A target that does not resolve goes on to target.Inspect under its
-	// own name, which says what is wrong with it in the usual words.
+	if sp, err := target.ParseSpec(*spec); err != nil {
+		fmt.Fprintf(os.Stderr, "khib hibernate: --target: %v\n", err)
+		return 2
+	} else if sp.Kind != target.SpecDevice && (*ret || *bench) {
+		fmt.Fprintf(os.Stderr, "khib hibernate: --return and --bench need a device target: a %s target holds the image only until this system runs on\n", sp.Kind)
+		return 2
+	}
 	dev := *spec
-	if p, err := config.Resolve("/", *spec); err == nil {
-		dev = p
-	} else if kind, _, perr := config.ParseSpec(*spec); perr != nil || kind != config.KindPath {
-		return fail("hibernate: target %s: %v", *spec, err)
-	}
-	if kind, _, _ := config.ParseSpec(*spec); kind == config.KindUUID || kind == config.KindLabel {
-		// The reservation overwrites the start of the device, and with it
-		// the superblock that spec names: stage 1 would not find the image.
-		hint := "a /dev/disk/by-id/ path"
-		if pu, err := config.PartUUID("/", dev); err == nil {
-			hint = "PARTUUID=" + pu
-		}
-		return fail("hibernate: target %s names the filesystem on %s, which the image overwrites, so the next boot could not find it; name the device by %s (khib configure --target %s)", *spec, dev, hint, hint)
-	}
 	res := hibernateResult{Target: dev}
 	cmd := mailbox.CmdSave
 	if *bench {
@@ -279,10 +273,6 @@ func hibernate(res *hibernateResult, dev, codec string, ret bool, load helper.Op
 	if os.Geteuid() != 0 {
 		return errors.New("must run as root")
 	}
-	info, err := usableTarget(dev)
-	if err != nil {
-		return err
-	}
 	if _, err := jumpable(); err != nil {
 		return err
 	}
@@ -300,19 +290,21 @@ func hibernate(res *hibernateResult, dev, codec string, ret bool, load helper.Op
 	if err != nil {
 		return err
 	}
-	// The reservation tells the helper which device is the target, whatever
-	// it is called there, and invalidates an older image on it.
-	f, err := os.OpenFile(dev, os.O_RDWR, 0)
+	// The reservation tells the helper where the target is, whatever the
+	// device is called there, and invalidates an older image on it.
+	tgt, err := prepareTarget(dev, nonce, encryptKey)
 	if err != nil {
-		return fmt.Errorf("opening %s: %w", dev, err)
+		return err
 	}
-	err = reserve(f, nonce, info.Size, encryptKey)
-	if err == nil {
-		err = f.Sync()
-	}
-	f.Close()
-	if err != nil {
-		return fmt.Errorf("reserving %s: %w", dev, err)
+	res.Target, res.Resume = tgt.dev, tgt.resume
+	if tgt.undo != nil {
+		// Whatever happens next, this system goes on only after the
+		// helper is done with the target.
+		defer func() {
+			if err := tgt.undo(); err != nil {
+				fmt.Fprintf(os.Stderr, "khib: warning: giving the target back: %v\n", err)
+			}
+		}()
 	}
 
 	// A save always boots the helper fresh, even when one is armed. A
@@ -343,13 +335,13 @@ func hibernate(res *hibernateResult, dev, codec string, ret bool, load helper.Op
 		if armed {
 			how += " (the parked one, armed or left by an earlier save, is replaced)"
 		}
-		fmt.Fprintf(os.Stderr, "khib: hibernating to %s (%d MiB) with %s\n", dev, info.Size>>20, how)
+		fmt.Fprintf(os.Stderr, "khib: hibernating to %s with %s\n", tgt.name, how)
 		var own map[string]any
 		if countFree {
 			own = ownFreeCount()
 		}
 		resp, away, err := jump(st, encryptKey, mailbox.Request{Cmd: cmd, Nonce: nonce.String(), Codec: codec, Return: ret || thenSuspend,
-			Suspend: thenSuspend, FirmwareRAM: fwRAM, NoFilter: noFilter, Filesystems: mounts})
+			Suspend: thenSuspend, FirmwareRAM: fwRAM, NoFilter: noFilter, Filesystems: mounts, Where: tgt.where.String()})
 		if errors.Is(err, helper.ErrMailboxMoved) && attempt == 0 {
 			helper.Unload()
 			continue

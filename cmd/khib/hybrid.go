@@ -2,7 +2,7 @@ package main
 
 import (
 	"fmt"
-	"os"
+	"github.com/khib/khib/internal/store"
 	"strings"
 	"time"
 
@@ -64,7 +64,7 @@ func canSuspend() (string, error) {
 // error means the image could not be marked used, and then the helper
 // powers off instead of jumping back (the next boot resumes the image,
 // which is still exactly right: A has not run since).
-func suspendAfterSave(dev *os.File, path, mode string, figs map[string]any) error {
+func suspendAfterSave(dev store.Store, path, mode string, figs map[string]any) error {
 	console("khib-helper: image complete; suspending to RAM (%s)", mode)
 	t0 := boottime()
 	err := sleep.Suspend()

@@ -2,17 +2,29 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
+	"github.com/khib/khib/internal/blockmap"
+	"github.com/khib/khib/internal/config"
+	"github.com/khib/khib/internal/store"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/khib/khib/internal/image"
 	"github.com/khib/khib/internal/target"
 )
 
-const imageHelp = `Usage: khib image inspect [--json] [--passphrase-file FILE] DEV|FILE
-       khib image verify [--json] [--passphrase-file FILE] DEV|FILE
+const imageHelp = `Usage: khib image inspect [--json] [--passphrase-file FILE] WHERE
+       khib image verify [--json] [--passphrase-file FILE] WHERE
+
+WHERE is a device or a file that holds an image from its first byte (a
+partition, an image copied off one, a file written by a dir: target), or
+a target that holds it in a block map: file:PATH (an image file of this
+system's), swap:PATH (this system's swap area), or the located forms that
+stage 1 reads, file:DEV@OFFSET and swap:DEV@OFFSET (DEV may also be a
+disk image file).
 
 inspect prints an image's header: A's kernel, memory map and reserved
 region, the jump-back entry, when and with which codec it was written, its
@@ -49,15 +61,12 @@ func cmdImage(args []string) int {
 		return 2
 	}
 	path := fs.Arg(0)
-	f, err := os.Open(path)
+	f, err := openImageArg(path)
 	if err != nil {
 		return fail("image: %v", err)
 	}
 	defer f.Close()
-	size, err := fileSize(f)
-	if err != nil {
-		return fail("image: %s: %v", path, err)
-	}
+	size := f.Size()
 	key, done, code := imageKey(f, path, sub, *passFile, *asJSON)
 	if done {
 		return code
@@ -75,6 +84,44 @@ func cmdImage(args []string) int {
 		return inspect(rd, path, *asJSON)
 	}
 	return verify(rd, path, *asJSON)
+}
+
+// openImageArg opens what khib image is given, read-only.
+func openImageArg(arg string) (store.Store, error) {
+	sp, err := target.ParseSpec(arg)
+	if err != nil {
+		return nil, err
+	}
+	if sp.Kind == target.SpecDevice {
+		return store.Open(arg, store.Where{}, false)
+	}
+	dev, anchor := sp.Value, sp.Anchor
+	switch {
+	case sp.Located && strings.Contains(dev, "="):
+		if dev, err = config.Resolve("/", dev); err != nil {
+			return nil, err
+		}
+	case sp.Located:
+	case sp.Kind == target.SpecFile:
+		fi, err := target.InspectFile(dev)
+		if err != nil {
+			return nil, err
+		}
+		// Read on the device, as the helpers do: the filesystem's view
+		// of the file is not what the helper wrote behind its back.
+		dev, anchor = fi.Dev, fi.Extents[0].Off
+	default:
+		sw, err := target.FindSwap(dev)
+		if err != nil {
+			return nil, err
+		}
+		dev, anchor = sw.Dev, sw.Header
+	}
+	s, err := store.Open(dev, store.Where{Mapped: true, Anchor: anchor}, false)
+	if errors.Is(err, blockmap.ErrNoAnchor) {
+		return nil, fmt.Errorf("%s holds no image (no khib block map at offset %d of %s)", arg, anchor, dev)
+	}
+	return s, err
 }
 
 func fileSize(f *os.File) (int64, error) {

@@ -20,6 +20,9 @@ Usage:
                                        save this system's memory to SPEC (default: target in
                                        /etc/khib.conf) and power off
   khib hibernate --systemd             the same, as systemd-hibernate.service (system-sleep hooks)
+  khib prepare --target file:PATH [--size SIZE] | swap:PATH
+                                       make a file or swap target ready; print how the next
+                                       boot finds it (khib.resume=)
   khib configure --target SPEC [--codec ...]
                                        write /etc/khib.conf and update the initramfs
   khib resume-stage1 [--config FILE]   stage 1 of a resume, from the initramfs (boot script)
@@ -62,6 +65,8 @@ func main() {
 		code = cmdHibernate(args)
 	case "configure":
 		code = cmdConfigure(args)
+	case "prepare":
+		code = cmdPrepare(args)
 	case "resume-stage1":
 		code = cmdResumeStage1(args)
 	case "image":

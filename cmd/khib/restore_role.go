@@ -2,15 +2,13 @@ package main
 
 import (
 	"fmt"
-	"io"
-	"os"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/khib/khib/internal/image"
 	"github.com/khib/khib/internal/kexec"
-	"github.com/khib/khib/internal/target"
+	"github.com/khib/khib/internal/store"
 )
 
 // runRestore is the restore helper C. It runs inside R only, writes every
@@ -21,7 +19,7 @@ import (
 // image resumable. If anything fails, C marks the image used (a failure
 // must not repeat at every boot), says why and reboots into a normal boot.
 func runRestore(params map[string]string) {
-	err := restore(params["khib.image"])
+	err := restore(params["khib.image"], params["khib.where"])
 	console("khib-restore: NOT resuming: %v\n"+
 		"  A cannot be resumed: its memory may be partly written, and the image is marked used so that\n"+
 		"  this does not repeat; rebooting into a normal boot in 5 s. (khib.verify=full on the kernel\n"+
@@ -32,7 +30,7 @@ func runRestore(params map[string]string) {
 	select {}
 }
 
-func restore(uuid string) error {
+func restore(uuid, whereSpec string) error {
 	t0 := time.Now()
 	// An encrypted image's key, which stage 1 put into this initramfs:
 	// read and removed before anything else.
@@ -41,9 +39,13 @@ func restore(uuid string) error {
 		return err
 	}
 	defer clear(key)
+	where, err := store.ParseWhere(whereSpec)
+	if err != nil {
+		return err
+	}
 	var found image.UUID
-	f, path, err := target.Find(func(r io.ReaderAt) bool {
-		sb, err := image.ReadSuperblock(r)
+	f, err := store.Find(where, func(s store.Store) bool {
+		sb, err := image.ReadSuperblock(s)
 		if err == nil && sb.UUID.String() == uuid {
 			found = sb.UUID
 			return true
@@ -54,6 +56,7 @@ func restore(uuid string) error {
 		return fmt.Errorf("finding image %s: %w", uuid, err)
 	}
 	defer f.Close()
+	path := f.Name()
 	// Whatever goes wrong from here, this image is not tried again: a
 	// restore that failed once fails the same way at the next boot.
 	spent := false
@@ -64,10 +67,7 @@ func restore(uuid string) error {
 			}
 		}
 	}()
-	size, err := fileSize(f)
-	if err != nil {
-		return err
-	}
+	size := f.Size()
 	rd, err := image.OpenWith(f, size, image.OpenOptions{Key: key})
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
@@ -144,13 +144,17 @@ func restore(uuid string) error {
 	return fmt.Errorf("A jumped back into the restore helper, which is not meant to happen")
 }
 
-// markUsed sets the image's state to Invalidated and makes it durable.
-func markUsed(f *os.File) error {
-	if err := image.SetState(f, image.StateInvalidated); err != nil {
+// markUsed sets the image's state to Invalidated and makes it durable,
+// then gives the store back (a swap area gets its signature again).
+func markUsed(s store.Store) error {
+	if err := image.SetState(s, image.StateInvalidated); err != nil {
 		return fmt.Errorf("marking the image used: %w", err)
 	}
-	if err := f.Sync(); err != nil {
+	if err := s.Sync(); err != nil {
 		return fmt.Errorf("marking the image used: %w", err)
+	}
+	if err := s.Spent(); err != nil {
+		return fmt.Errorf("the image is marked used, but %w", err)
 	}
 	return nil
 }

@@ -3,6 +3,10 @@ package main
 import (
 	"errors"
 	"fmt"
+	"github.com/khib/khib/internal/blockmap"
+	"github.com/khib/khib/internal/config"
+	"github.com/khib/khib/internal/store"
+	"github.com/khib/khib/internal/target"
 	"os"
 	"time"
 
@@ -12,26 +16,61 @@ import (
 	"github.com/khib/khib/internal/kexec"
 )
 
-// resumeStage1 is stage 1 as PID 1 in the test rig (khib.resume=DEV on
+// resumeStage1 is stage 1 as PID 1 in the test rig (khib.resume=SPEC on
 // the command line), with the helper kernel found where A keeps it.
-func resumeStage1(dev string) { resumeFrom(dev, helper.DefaultKernel()) }
+func resumeStage1(spec string) {
+	dev, sp, err := locateResume(spec, 5*time.Second)
+	if err != nil {
+		console("khib: NOT resuming: cannot find the hibernation target %s: %v; booting normally.", spec, err)
+		return
+	}
+	resumeFrom(dev, sp, helper.DefaultKernel())
+}
+
+// locateResume reads a resume spec (a device, or a located swap: or
+// file: target) and finds its device, waiting up to timeout for it.
+func locateResume(spec string, timeout time.Duration) (string, target.Spec, error) {
+	sp, err := target.ParseSpec(spec)
+	if err != nil {
+		return "", sp, err
+	}
+	if !sp.Located {
+		return "", sp, fmt.Errorf("stage 1 finds a %s target by its device and offset (%s:DEV@OFFSET, which khib hibernate --json reports as resume and khib configure records), not by a path on a filesystem it does not mount", sp.Kind, sp.Kind)
+	}
+	dev, err := config.ResolveWait("/", sp.Value, timeout)
+	return dev, sp, err
+}
 
 // resumeFrom runs at boot, before the system's root filesystem is in
-// use: as init in the test rig (khib.resume=DEV), or from the initramfs
-// (khib resume-stage1). It checks the image on dev and, if everything
+// use: as init in the test rig (khib.resume=SPEC), or from the initramfs
+// (khib resume-stage1). It checks the image on dev (at the start of the
+// device, or in the block map sp locates there) and, if everything
 // holds, kexecs the restore helper C (the bzImage at kernel), which never
 // returns here. Otherwise it says why in one paragraph and returns, and the
 // boot goes on as normal without a single page of the image written. It
-// writes to nothing but the console: C marks the image used, once A's
-// pages are all back.
-func resumeFrom(dev, kernel string) {
+// writes nothing, with one exception: a swap area that it does not resume
+// from gets its swap signature back (giveBack), so that the system can
+// swap to it; the image there is then given up. C marks the image used,
+// once A's pages are all back.
+func resumeFrom(dev string, sp target.Spec, kernel string) {
 	t0 := time.Now()
-	f, size, err := openResumeDevice(dev)
+	where := store.Where{Mapped: sp.Kind != target.SpecDevice, Anchor: sp.Anchor}
+	resuming := false
+	if sp.Kind == target.SpecSwap {
+		swapDev := dev
+		defer func() {
+			if !resuming {
+				giveBackSwap(swapDev, sp.Anchor)
+			}
+		}()
+	}
+	f, err := openResumeStore(dev, where)
 	if err != nil {
 		console("khib: no hibernation image on %s (%v); booting normally.", dev, err)
 		return
 	}
 	defer f.Close()
+	dev = f.Name()
 	key, ok := unlockImage(f, dev)
 	if !ok {
 		return
@@ -49,7 +88,7 @@ func resumeFrom(dev, kernel string) {
 	// is refused before any page is written, at the cost of a second read.
 	full := kernelParams()["khib.verify"] == "full"
 	var p *progress
-	rd, err := image.Check(f, size, image.CheckOptions{
+	rd, err := image.Check(f, f.Size(), image.CheckOptions{
 		Before: func(rd *image.Reader) error {
 			if err := checkResumable(rd); err != nil {
 				return err
@@ -87,7 +126,7 @@ func resumeFrom(dev, kernel string) {
 		what = "every chunk"
 	}
 	console("khib: image intact (%s, %.1f s); loading the restore helper into %s", what, time.Since(t0).Seconds(), meta.Region)
-	plan, err := helper.LoadRestore(kernel, kexec.Range{Start: meta.Region.Start, End: meta.Region.End}, meta.UUID.String(), key)
+	plan, err := helper.LoadRestore(kernel, kexec.Range{Start: meta.Region.Start, End: meta.Region.End}, meta.UUID.String(), where.String(), key)
 	if err != nil {
 		refuse(dev, fmt.Errorf("loading the restore helper: %w", err))
 		return
@@ -98,7 +137,9 @@ func resumeFrom(dev, kernel string) {
 	// resumes it; a cut after it, a normal boot. Stage 1 itself writes
 	// nothing.
 	console("khib: restoring A through the restore helper (%d segments); stage 1 took %.1f s", len(plan.Segments), time.Since(t0).Seconds())
+	resuming = true
 	if err := kexec.Jump(); err != nil {
+		resuming = false
 		console("khib: kexec into the restore helper failed: %v; booting normally (the image was not touched)", err)
 	}
 }
@@ -109,26 +150,44 @@ func refuse(dev string, err error) {
 		"  (khib image inspect %s); it is overwritten by the next hibernation.", dev, err, dev, dev)
 }
 
-// openResumeDevice opens dev read-only, waiting a few seconds for the
-// device to appear, and returns its size.
-func openResumeDevice(dev string) (*os.File, int64, error) {
-	var f *os.File
+// openResumeStore opens the store at where on dev read-only, waiting a
+// few seconds for the device to appear.
+func openResumeStore(dev string, where store.Where) (store.Store, error) {
 	var err error
 	for i := 0; i < 50; i++ {
+		var f *os.File
 		if f, err = os.OpenFile(dev, os.O_RDONLY, 0); err == nil {
+			f.Close()
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
-	size, err := fileSize(f)
+	return store.Open(dev, where, false)
+}
+
+// giveBackSwap puts the swap signature back on the swap area at anchor
+// on dev if khib's mark is there: stage 1 is not resuming from it, and
+// the system's swapon must find a swap area.
+func giveBackSwap(dev string, anchor int64) {
+	f, err := os.OpenFile(dev, os.O_RDWR, 0)
 	if err != nil {
-		f.Close()
-		return nil, 0, err
+		console("khib: cannot give the swap area on %s back: %v; run mkswap on it before swapon", dev, err)
+		return
 	}
-	return f, size, nil
+	defer f.Close()
+	changed, err := blockmap.RestoreSwap(f, anchor)
+	if err == nil && changed {
+		err = f.Sync()
+	}
+	switch {
+	case err != nil:
+		console("khib: cannot give the swap area on %s back: %v; run mkswap on it before swapon", dev, err)
+	case changed:
+		console("khib: the swap area on %s has its swap signature back; the image in it is given up", dev)
+	}
 }
 
 // checkResumable refuses an image that this machine and kernel cannot

@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/hex"
 	"fmt"
-	"io"
 	"os"
 	"runtime"
 	"sort"
@@ -16,7 +15,7 @@ import (
 	"github.com/khib/khib/internal/image"
 	"github.com/khib/khib/internal/mailbox"
 	"github.com/khib/khib/internal/pages"
-	"github.com/khib/khib/internal/target"
+	"github.com/khib/khib/internal/store"
 )
 
 // mapWindow is how much of /proc/vmcore the helper maps at a time: large
@@ -43,21 +42,24 @@ func save(h *helperEnv, req mailbox.Request) mailbox.Response {
 			return fail("save: %v", err)
 		}
 	}
-	dev, path, err := target.Find(func(r io.ReaderAt) bool {
-		_, err := image.FindReservation(r, nonce)
+	where, err := store.ParseWhere(req.Where)
+	if err != nil {
+		return fail("save: %v", err)
+	}
+	// The device A reserved, by the nonce A wrote there: at its start, or
+	// at the start of the image space of the block map A wrote.
+	tg, err := store.Find(where, func(s store.Store) bool {
+		_, err := image.FindReservation(s, nonce)
 		return err == nil
 	})
 	if err != nil {
 		return fail("save: finding the target: %v", err)
 	}
-	defer dev.Close()
-	size, err := target.DeviceSize(dev)
-	if err != nil {
-		return fail("save: %s: %v", path, err)
-	}
+	defer tg.Close()
+	dev, path, size := tg.Device(), tg.Device().Name(), tg.Size()
 	// An encrypted save: the reservation carries the key slots, the
 	// mailbox carried the key (serve took it out).
-	rsv, err := image.FindReservation(dev, nonce)
+	rsv, err := image.FindReservation(tg, nonce)
 	if err != nil {
 		return fail("save: %s: %v", path, err)
 	}
@@ -89,11 +91,11 @@ func save(h *helperEnv, req mailbox.Request) mailbox.Response {
 		sealed = ", encrypted (aes-256-gcm)"
 	}
 	console("khib-helper: saving A (%s, %d MiB of RAM) to %s (%d MiB), codec %s%s",
-		meta.KernelRelease, totalRAM(meta.RAM)>>20, path, size>>20, codecName(req.Codec), sealed)
+		meta.KernelRelease, totalRAM(meta.RAM)>>20, tg.Name(), size>>20, codecName(req.Codec), sealed)
 
 	t0 := time.Now()
-	w, err := image.NewWriter(dev, size, image.WriterOptions{
-		Codec: req.Codec, Workers: runtime.NumCPU(), Sync: dev.Sync, Meta: meta, Nonce: nonce, Encryption: enc,
+	w, err := image.NewWriter(tg, size, image.WriterOptions{
+		Codec: req.Codec, Workers: runtime.NumCPU(), Sync: tg.Sync, Meta: meta, Nonce: nonce, Encryption: enc,
 	})
 	if err != nil {
 		return fail("%s", saveFailure(path, size, err))
@@ -119,6 +121,7 @@ func save(h *helperEnv, req mailbox.Request) mailbox.Response {
 	figs := map[string]any{
 		"power_off":    !req.Return,
 		"device":       path,
+		"store":        tg.Kind(),
 		"pages":        st.Pages,
 		"zero_pages":   st.ZeroPages,
 		"image_bytes":  st.ImageBytes,
@@ -133,7 +136,7 @@ func save(h *helperEnv, req mailbox.Request) mailbox.Response {
 		// Hybrid sleep (hybrid.go). Should the image stay complete
 		// after the wake, A must not run on: power off, and the next
 		// boot resumes it.
-		if err := suspendAfterSave(dev, path, sleepMode, figs); err != nil {
+		if err := suspendAfterSave(tg, path, sleepMode, figs); err != nil {
 			console("khib-helper: %v; powering off instead of going back to A, so that the next boot resumes the image", err)
 			figs["power_off"] = true
 		}

@@ -84,7 +84,7 @@ func cmdResumeStage1(args []string) int {
 	if cfg != nil {
 		kernel = cfg.HelperKernel
 	}
-	dev, err := config.ResolveWait("/", spec, *timeout)
+	dev, sp, err := locateResume(spec, *timeout)
 	if err != nil {
 		console("khib: NOT resuming: cannot find the hibernation target %s: %v\n"+
 			"  Booting normally. Check the target with khib configure --target SPEC once the system is up.", spec, err)
@@ -95,7 +95,7 @@ func cmdResumeStage1(args []string) int {
 			"  Booting normally; nothing of the image was touched. Run update-initramfs -u (khib's hook copies it) and hibernate again.", dev, kernel, err)
 		return 0
 	}
-	resumeFrom(dev, kernel)
+	resumeFrom(dev, sp, kernel)
 	return 0
 }
 

@@ -71,6 +71,10 @@ type Request struct {
 	// finds among its own devices and records in the image with their
 	// change counters, read now that A has stopped writing them.
 	Filesystems []fsstate.Mount `json:"fs,omitempty"`
+	// Where is where on the reserved device the image goes
+	// (store.Where): empty for the whole device, map@OFFSET for a block
+	// map (a file or swap slots) whose anchor is at OFFSET.
+	Where string `json:"where,omitempty"`
 }
 
 // Response is the helper's answer. A reads it when the jump returns; after

@@ -190,7 +190,7 @@ func runResumeCorruptKinds(ctx context.Context, env *scenario.Env) (scenario.Res
 	seed := corruptSeed(env)
 	res := scenario.Result{"workload_mib": env.WorkloadMiB, "seed": seed}
 	env.Logf("resume-corrupt-kinds: seed %d (--seed %d picks the same chunks to swap in the same image)", seed, seed)
-	initrd, err := cycleRootfs(env, 1, false)
+	initrd, err := cycleRootfs(env, 1, false, nil)
 	if err != nil {
 		return res, err
 	}
@@ -198,7 +198,7 @@ func runResumeCorruptKinds(ctx context.Context, env *scenario.Env) (scenario.Res
 	if err != nil {
 		return res, err
 	}
-	dataDisk, err := newDataDisk(env)
+	dataDisk, err := newDataDisk(env, 0)
 	if err != nil {
 		return res, err
 	}

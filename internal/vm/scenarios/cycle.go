@@ -157,6 +157,7 @@ if [ -e /data/booted ]; then
 	poweroff -f
 fi
 touch /data/booted
+@PREPARE@
 khib-workload start --mib @MIB@ --seed @SEED@ --mixed --garbage @GARBAGE@ || fail workload
 khib-workload append-start --file /data/log @ACK@ || fail appender
 if [ -x /khibvm/before.sh ]; then
@@ -167,8 +168,9 @@ for c in $(seq 1 @CYCLES@); do
 	# Verified just before, so that the check after resuming also shows
 	# the counter went on from where it was.
 	khib-workload verify || fail verify-before$c
+	echo "khibvm-swapped-out $(awk '/^SwapTotal/{t=$2} /^SwapFree/{f=$2} END{print t-f}' /proc/meminfo)"
 	echo "khibvm-hibernate-start $c"
-	khib hibernate --target /dev/vda >/tmp/h.out 2>/tmp/h.err
+	khib hibernate --target @TARGET@ >/tmp/h.out 2>/tmp/h.err
 	rc=$?
 	echo "khibvm-resumed $c"
 	echo "KHIBVM:hibernate${c}_rc=$rc"
@@ -180,6 +182,7 @@ for c in $(seq 1 @CYCLES@); do
 	out=$(khib-workload append-check --file /data/log) || fail append-check$c
 	echo "khibvm-append-check $c $out"
 	echo "a" > /tmp/probe && cat /tmp/probe >/dev/null || fail tmpfs$c
+	@AFTER_RESUME@
 done
 # The file survives a clean unmount and can still be appended to.
 khib-workload append-stop || fail append-stop
@@ -261,9 +264,13 @@ func fsckClean(disk string) error {
 	return nil
 }
 
-func cycleRootfs(env *scenario.Env, cycles int, acked bool) (string, error) {
-	script := workloadScript(cycleScript, workloadMiB(env, 256), "@CYCLES@", fmt.Sprint(cycles),
-		"@ACK@", map[bool]string{true: ackFlag}[acked])
+func cycleRootfs(env *scenario.Env, cycles int, acked bool, tgt *cycleTarget) (string, error) {
+	if tgt == nil {
+		tgt = deviceTarget
+	}
+	script := workloadScript(cycleScript, workloadMiB(env, tgt.workload), "@CYCLES@", fmt.Sprint(cycles),
+		"@ACK@", map[bool]string{true: ackFlag}[acked], "@TARGET@", tgt.guest, "@PREPARE@", tgt.prepare,
+		"@AFTER_RESUME@", tgt.afterResume)
 	rfs, err := khibGuest(env, script)
 	if err != nil {
 		return "", err
@@ -309,8 +316,8 @@ func addOverlay(rfs *vm.Rootfs, dir string) error {
 	})
 }
 
-func newDataDisk(env *scenario.Env) (string, error) {
-	p, err := env.NewDisk("data.img", 64)
+func newDataDisk(env *scenario.Env, mib int) (string, error) {
+	p, err := env.NewDisk("data.img", max(mib, 64))
 	if err != nil {
 		return "", err
 	}
@@ -331,12 +338,21 @@ type cycleRun struct {
 	tp     *tamper
 	acked  bool
 	full   bool // khib.verify=full: stage 1 reads every chunk before it loads C
+	tgt    *cycleTarget
 }
 
 func runCycles(ctx context.Context, env *scenario.Env, run cycleRun) (scenario.Result, error) {
 	cycles, tp := run.cycles, run.tp
 	res := scenario.Result{"workload_mib": workloadMiB(env, 256), "cycles": cycles}
-	initrd, err := cycleRootfs(env, cycles, run.acked)
+	tgt := run.tgt
+	if tgt == nil {
+		tgt = deviceTarget
+	}
+	res["workload_mib"] = workloadMiB(env, tgt.workload)
+	if tgt != deviceTarget {
+		res["target"] = tgt.name
+	}
+	initrd, err := cycleRootfs(env, cycles, run.acked, tgt)
 	if err != nil {
 		return res, err
 	}
@@ -345,22 +361,39 @@ func runCycles(ctx context.Context, env *scenario.Env, run cycleRun) (scenario.R
 	if err != nil {
 		return res, err
 	}
-	dataDisk, err := newDataDisk(env)
+	dataDisk, err := newDataDisk(env, tgt.dataMiB)
 	if err != nil {
 		return res, err
 	}
 	cfg := env.Config()
 	cfg.Initrd = initrd
 	region := RegionSize
+	if tgt.region != "" {
+		region = tgt.region
+	}
 	if env.Region != "" {
 		region = env.Region
 		res["region"] = region
 	}
-	cfg.Append = khibAppend(region) + " khib.resume=/dev/vda"
+	base := khibAppend(region)
 	if run.full {
-		cfg.Append += " khib.verify=full"
+		base += " khib.verify=full"
+	}
+	// The first boot resumes nothing; a target whose place A learns only
+	// when it prepares it (a file's blocks) is named to the later boots.
+	resumeSpec := tgt.resume
+	cfg.Append = base + " khib.resume=" + resumeSpec
+	if resumeSpec == "" {
+		cfg.Append = base + " khib.resume=off"
 	}
 	cfg.Disks = []vm.Disk{{Path: imgDisk}, {Path: dataDisk}}
+	if tgt.extraDisk != nil {
+		d, err := tgt.extraDisk(env)
+		if err != nil {
+			return res, err
+		}
+		cfg.Disks = append(cfg.Disks, d)
+	}
 	say := func(format string, a ...any) {
 		if env.Demo {
 			env.Logf(format, a...)
@@ -372,8 +405,8 @@ func runCycles(ctx context.Context, env *scenario.Env, run cycleRun) (scenario.R
 	if err != nil {
 		return res, err
 	}
-	if _, err := m.WaitFor(ctx, regexp.MustCompile(`^khib: no hibernation image on /dev/vda`), env.Remaining()); err != nil {
-		return res, fmt.Errorf("boot 1: stage 1 did not report an empty resume device: %w", err)
+	if _, err := m.WaitFor(ctx, tgt.firstBoot, env.Remaining()); err != nil {
+		return res, fmt.Errorf("boot 1: stage 1 did not report an empty resume target: %w", err)
 	}
 	var hib, resume, away, sizes []float64
 	var hibPhases, resPhases [][]Phase
@@ -403,9 +436,26 @@ func runCycles(ctx context.Context, env *scenario.Env, run cycleRun) (scenario.R
 		if l := lastLine(m, `^khib-helper: image complete on`); l != "" {
 			say("helper: %s", strings.TrimPrefix(l, "khib-helper: "))
 		}
-		ins, err := inspectImage(env, imgDisk)
+		if resumeSpec == "" {
+			fig := scenario.Figures(m)
+			if resumeSpec = figureString(fig, "resume"); resumeSpec == "" {
+				return res, fmt.Errorf("hibernation %d: A did not report where the next boot finds the %s target (KHIBVM:resume=)", c, tgt.name)
+			}
+			res["resume_spec"] = resumeSpec
+			cfg.Append = base + " khib.resume=" + resumeSpec
+		}
+		where := imgDisk
+		if tgt.hostImage != nil {
+			where = tgt.hostImage(cfg.Disks, resumeSpec)
+		}
+		ins, err := inspectImage(env, where)
 		if err != nil {
 			return res, fmt.Errorf("hibernation %d: %w", c, err)
+		}
+		if tgt.checkImage != nil {
+			if err := tgt.checkImage(m, res); err != nil {
+				return res, fmt.Errorf("hibernation %d: %w", c, err)
+			}
 		}
 		sizes = append(sizes, float64(ins.ImageBytes)/(1<<20))
 		say("hibernation %d: %.1f s from command to power-off, image %.1f MiB", c, hib[c-1], sizes[c-1])
@@ -504,8 +554,8 @@ func runCycles(ctx context.Context, env *scenario.Env, run cycleRun) (scenario.R
 	if _, err := m.WaitPowerOff(env.Remaining()); err != nil {
 		return res, err
 	}
-	if countLines(m, restoreRE) != 0 || countLines(m, usedRE) != 1 {
-		return res, fmt.Errorf("the boot after the resume did not refuse the spent image")
+	if countLines(m, restoreRE) != 0 || countLines(m, tgt.spentRE) != 1 {
+		return res, fmt.Errorf("the boot after the resume did not say that the image was spent (%s)", tgt.spentRE)
 	}
 	if err := fsckClean(dataDisk); err != nil {
 		return res, err

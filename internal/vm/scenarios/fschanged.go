@@ -88,7 +88,7 @@ func runFSChanged(ctx context.Context, env *scenario.Env) (scenario.Result, erro
 	if err != nil {
 		return res, err
 	}
-	dataDisk, err := newDataDisk(env)
+	dataDisk, err := newDataDisk(env, 0)
 	if err != nil {
 		return res, err
 	}

@@ -116,7 +116,7 @@ func runHybrid(ctx context.Context, env *scenario.Env, powerLoss bool) (scenario
 	if err != nil {
 		return res, err
 	}
-	dataDisk, err := newDataDisk(env)
+	dataDisk, err := newDataDisk(env, 0)
 	if err != nil {
 		return res, err
 	}

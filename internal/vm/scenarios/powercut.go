@@ -279,7 +279,7 @@ func powercutSetup(env *scenario.Env) (vm.Config, string, string, error) {
 	if err != nil {
 		return vm.Config{}, "", "", err
 	}
-	dataDisk, err := newDataDisk(env)
+	dataDisk, err := newDataDisk(env, 0)
 	if err != nil {
 		return vm.Config{}, "", "", err
 	}

@@ -1,0 +1,277 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/khib/khib/internal/blockmap"
+	"github.com/khib/khib/internal/config"
+	"github.com/khib/khib/internal/image"
+	"github.com/khib/khib/internal/store"
+	"github.com/khib/khib/internal/target"
+)
+
+// prepared is a target made ready for one hibernation: reserved (the
+// nonce written where the helper looks), with what to tell the helper,
+// what to tell the next boot, and what to undo when this system goes on.
+type prepared struct {
+	dev    string      // the block device A writes and the helper finds
+	where  store.Where // where on it
+	size   int64       // bytes the image may take
+	name   string      // for people
+	resume string      // the spec stage 1 needs (khib.resume=)
+	// undo runs when this system goes on after the jump (a failed save,
+	// a wake from hybrid sleep, a resume from disk): it gives back swap
+	// slots and the swap signature. Nil for nothing to undo.
+	undo func() error
+}
+
+// prepareTarget checks spec (a device, swap: or file:) and writes the
+// reservation that the helper finds by nonce. Refusals are one line that
+// says what to do; nothing is left half-done behind one.
+func prepareTarget(spec string, nonce image.Nonce, k *saveKey) (*prepared, error) {
+	sp, err := target.ParseSpec(spec)
+	if err != nil {
+		return nil, err
+	}
+	switch sp.Kind {
+	case target.SpecFile:
+		if sp.Located {
+			return nil, fmt.Errorf("target %s is the form stage 1 reads; to hibernate, give the file's path: file:/PATH", spec)
+		}
+		return prepareFile(sp.Value, nonce, k)
+	case target.SpecSwap:
+		path := sp.Value
+		if strings.Contains(path, "=") {
+			p, err := config.Resolve("/", path)
+			if err != nil {
+				return nil, fmt.Errorf("target %s: %w", spec, err)
+			}
+			path = p
+		}
+		return prepareSwap(path, nonce, k)
+	}
+	return prepareDevice(spec, nonce, k)
+}
+
+// prepareDevice is a whole device: the reservation at its start.
+func prepareDevice(spec string, nonce image.Nonce, k *saveKey) (*prepared, error) {
+	// A target that does not resolve goes on to target.Inspect under its
+	// own name, which says what is wrong with it in the usual words.
+	dev := spec
+	if p, err := config.Resolve("/", spec); err == nil {
+		dev = p
+	} else if kind, _, perr := config.ParseSpec(spec); perr != nil || kind != config.KindPath {
+		return nil, fmt.Errorf("target %s: %v", spec, err)
+	}
+	if kind, _, _ := config.ParseSpec(spec); kind == config.KindUUID || kind == config.KindLabel {
+		// The reservation overwrites the start of the device, and with it
+		// the superblock that spec names: stage 1 would not find the image.
+		hint := "a /dev/disk/by-id/ path"
+		if pu, err := config.PartUUID("/", dev); err == nil {
+			hint = "PARTUUID=" + pu
+		}
+		return nil, fmt.Errorf("target %s names the filesystem on %s, which the image overwrites, so the next boot could not find it; name the device by %s (khib configure --target %s)", spec, dev, hint, hint)
+	}
+	info, err := usableTarget(dev)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(dev, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening %s: %w", dev, err)
+	}
+	err = reserve(f, nonce, info.Size, k)
+	if err == nil {
+		err = f.Sync()
+	}
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("reserving %s: %w", dev, err)
+	}
+	return &prepared{dev: dev, size: info.Size, name: fmt.Sprintf("%s (%d MiB)", dev, info.Size>>20), resume: spec}, nil
+}
+
+// prepareFile is a file on one of A's filesystems: khib prepare makes it
+// (here too, the first time), and each hibernation reads its extents
+// again and writes the block map into its first blocks.
+func prepareFile(path string, nonce image.Nonce, k *saveKey) (*prepared, error) {
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		size := defaultFileSize()
+		fmt.Fprintf(os.Stderr, "khib: preparing the image file %s (%d MiB, once; khib prepare --size changes it)\n", path, size>>20)
+		p := newProgress("khib", "preparing", uint64(size))
+		if err := target.PrepareFile(path, size, func(done, total int64) { p.set(uint64(done)) }); err != nil {
+			return nil, err
+		}
+		p.print()
+	}
+	fi, err := target.InspectFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Immutable {
+		if f, err := os.Open(path); err == nil {
+			err = target.SetImmutable(f, true)
+			f.Close()
+			if err != nil {
+				return nil, fmt.Errorf("image file %s: %w (khib keeps it immutable so that nothing moves its blocks)", path, err)
+			}
+		}
+	}
+	if err := checkUnmappedDevice(fi.Dev); err != nil {
+		return nil, err
+	}
+	// The first block is the anchor; the map and the image follow.
+	first := fi.Extents[0]
+	rest := append([]blockmap.Extent{{Off: first.Off + blockmap.PageSize, Len: first.Len - blockmap.PageSize}}, fi.Extents[1:]...)
+	if rest[0].Len == 0 {
+		rest = rest[1:]
+	}
+	m, err := blockmap.Plan(blockmap.KindFile, nonce, first.Off, rest)
+	if err != nil {
+		return nil, fmt.Errorf("image file %s: %w", path, err)
+	}
+	p, err := writeMapped(fi.Dev, m, false, nonce, k)
+	if err != nil {
+		return nil, fmt.Errorf("image file %s: %w", path, err)
+	}
+	p.name = fmt.Sprintf("the file %s (%d MiB, %d extents on %s)", path, fi.Size>>20, len(fi.Extents), fi.Dev)
+	p.resume = "file:" + stage1Dev(fi.Dev) + fmt.Sprintf("@%d", first.Off)
+	return p, nil
+}
+
+// defaultFileSize is A's RAM: an image never holds more than the pages A
+// has in use, and most hold a third of them.
+func defaultFileSize() int64 {
+	kib := meminfoKiB("MemTotal")
+	if kib <= 0 {
+		return 1 << 30
+	}
+	return (kib<<10 + (1<<20 - 1)) &^ (1<<20 - 1)
+}
+
+// prepareSwap is A's active swap area: khib takes its free slots
+// (target.Swap.Reserve), writes the block map into the first of them and
+// the anchor into the swap header, whose signature it changes so that no
+// swapon uses the area until stage 1 has seen the image.
+func prepareSwap(path string, nonce image.Nonce, k *saveKey) (*prepared, error) {
+	sw, err := target.FindSwap(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkUnmappedDevice(sw.Dev); err != nil {
+		return nil, err
+	}
+	free := sw.Size - sw.Used
+	// A keeps some slots: it runs on between the reservation and the
+	// freeze, and again after a jump back.
+	keep := min(max(free/32, 4<<20), 64<<20)
+	// The image never holds more than the pages A has in use.
+	want := (meminfoKiB("MemTotal")-meminfoKiB("MemFree"))<<10 + 16<<20
+	const least = 16 << 20
+	if free-keep < least {
+		return nil, fmt.Errorf("swap %s has %d MiB of free slots, and an image needs at least %d MiB; swapoff and swapon a larger area, or use a file: target", sw.Path, free>>20, least>>20)
+	}
+	fmt.Fprintf(os.Stderr, "khib: reserving up to %d MiB of the %d MiB free in swap %s\n", min(want, free-keep)>>20, free>>20, sw.Path)
+	res, err := sw.Reserve(want, keep)
+	if err != nil {
+		return nil, fmt.Errorf("swap %s: %w", sw.Path, err)
+	}
+	if res.Bytes() < least {
+		res.Release()
+		return nil, fmt.Errorf("swap %s: only %d MiB of free slots could be reserved; free some memory or swap, or use a file: target", sw.Path, res.Bytes()>>20)
+	}
+	ext, err := res.Extents(sw)
+	if err == nil {
+		var m *blockmap.Map
+		m, err = blockmap.Plan(blockmap.KindSwap, nonce, sw.Header, ext)
+		if err == nil {
+			var p *prepared
+			p, err = writeMapped(sw.Dev, m, true, nonce, k)
+			if err == nil {
+				p.name = fmt.Sprintf("free slots of swap %s (%d MiB in %d extents)", sw.Path, res.Bytes()>>20, len(ext))
+				p.resume = "swap:" + stage1Dev(sw.Dev)
+				if sw.Header != 0 {
+					p.resume += fmt.Sprintf("@%d", sw.Header)
+				}
+				dev, at := sw.Dev, sw.Header
+				p.undo = func() error {
+					err := restoreSwapHeader(dev, at)
+					return errors.Join(err, res.Release())
+				}
+				return p, nil
+			}
+		}
+	}
+	res.Release()
+	restoreSwapHeader(sw.Dev, sw.Header)
+	return nil, fmt.Errorf("swap %s: %w", sw.Path, err)
+}
+
+// writeMapped writes m's map pages and anchor on dev, then the image
+// reservation at the start of the map's view, and syncs.
+func writeMapped(dev string, m *blockmap.Map, held bool, nonce image.Nonce, k *saveKey) (*prepared, error) {
+	f, err := os.OpenFile(dev, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening %s: %w", dev, err)
+	}
+	defer f.Close()
+	// The reservation first: until the anchor is written no one looks
+	// at it, and a stale image in the same place is invalidated.
+	if err := reserve(m.View(f), nonce, m.Size, k); err != nil {
+		return nil, fmt.Errorf("reserving: %w", err)
+	}
+	if err := m.Write(f, held); err != nil {
+		return nil, err
+	}
+	if err := f.Sync(); err != nil {
+		return nil, fmt.Errorf("syncing %s: %w", dev, err)
+	}
+	return &prepared{dev: dev, where: store.Where{Mapped: true, Anchor: m.Self}, size: m.Size}, nil
+}
+
+func restoreSwapHeader(dev string, at int64) error {
+	f, err := os.OpenFile(dev, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("restoring the swap signature: %w", err)
+	}
+	defer f.Close()
+	if _, err := blockmap.RestoreSwap(f, at); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+// checkUnmappedDevice refuses a device that the helper would not find
+// under any name: none for now beyond what target's inspection refuses;
+// kept as the one place for such checks.
+func checkUnmappedDevice(dev string) error {
+	if _, err := os.Stat(dev); err != nil {
+		return fmt.Errorf("the device %s: %w", dev, err)
+	}
+	return nil
+}
+
+// stage1Dev names dev the way stage 1 can find it: by its filesystem's
+// (or swap area's) UUID when it has one, which survives a renumbering of
+// disks, else by PARTUUID, else by its path.
+func stage1Dev(dev string) string {
+	if f, err := os.Open(dev); err == nil {
+		fs, err := config.ProbeFS(f)
+		f.Close()
+		if err == nil && fs.UUID != "" {
+			return "UUID=" + fs.UUID
+		}
+	}
+	if pu, err := config.PartUUID("/", dev); err == nil {
+		return "PARTUUID=" + pu
+	}
+	return dev
+}
+
+// meminfoKiB reads one field of /proc/meminfo, 0 if missing.
+func meminfoKiB(field string) int64 {
+	return kib("/proc/meminfo", field)
+}

@@ -1,0 +1,135 @@
+package scenarios
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/khib/khib/internal/vm"
+	"github.com/khib/khib/internal/vm/scenario"
+)
+
+// cycleTarget is where a cycle's image goes, and what the scenario does
+// and checks differently for it.
+type cycleTarget struct {
+	name string
+	// guest is the --target A hibernates to.
+	guest string
+	// prepare runs in A after /data is mounted, before the workload;
+	// a target whose place only A knows prints KHIBVM:resume=SPEC.
+	prepare string
+	// afterResume runs in A after each resume.
+	afterResume string
+	// resume is khib.resume= for every boot; empty: boot 1 has
+	// khib.resume=off and the later ones what A printed.
+	resume    string
+	workload  int    // the workload's MiB, unless --workload
+	region    string // crashkernel=, unless --region
+	dataMiB   int    // the ext4 data disk's size
+	firstBoot *regexp.Regexp
+	// spentRE is what stage 1 says of the used image at the last boot.
+	spentRE *regexp.Regexp
+	// extraDisk is a third disk (vdc).
+	extraDisk func(env *scenario.Env) (vm.Disk, error)
+	// hostImage says where the host reads the image (khib image inspect).
+	hostImage func(disks []vm.Disk, resume string) string
+	// checkImage checks the hibernation's console further.
+	checkImage func(m *vm.Machine, res scenario.Result) error
+}
+
+// deviceTarget is the whole disk vda, as every cycle had it before
+// swap and file targets.
+var deviceTarget = &cycleTarget{
+	name: "device", guest: "/dev/vda", resume: "/dev/vda", workload: 256,
+	firstBoot: regexp.MustCompile(`^khib: no hibernation image on /dev/vda`),
+	spentRE:   usedRE,
+}
+
+// swapTarget: A swaps to vdc (512 MiB) while a workload larger than its
+// RAM runs, then hibernates into the same swap area's free slots.
+var swapTarget = &cycleTarget{
+	name: "swap", guest: "swap:/dev/vdc", resume: "swap:/dev/vdc",
+	// 900 MiB in a 1 GiB guest: with R at 128 MiB, A has about 880 MiB
+	// of RAM, so part of the workload is swapped out before the jump.
+	workload: 900, region: "128M",
+	prepare: `swapon /dev/vdc || fail swapon
+spec=$(khib prepare --target swap:/dev/vdc) || fail prepare
+echo "khibvm-prepare: $spec"`,
+	// Swapped-out pages came back intact (the workload verified them
+	// just before this); the swap area is a swap area again.
+	afterResume: `sed 's/^/khibvm-swaps: /' /proc/swaps
+	swapoff /dev/vdc || fail swapoff$c
+	swapon /dev/vdc || fail swapon-again$c
+	echo "khibvm-swap-reused $c"`,
+	firstBoot: regexp.MustCompile(`^khib: no hibernation image on /dev/vdc \(.*no khib anchor`),
+	// C gave the swap area back: no anchor left.
+	spentRE: regexp.MustCompile(`^khib: no hibernation image on /dev/vdc \(.*no khib anchor`),
+	extraDisk: func(env *scenario.Env) (vm.Disk, error) {
+		p, err := env.NewDisk("swap.img", 512)
+		if err != nil {
+			return vm.Disk{}, err
+		}
+		if out, err := exec.Command("mkswap", "-U", "6b686962-7377-6170-0000-000000000001", p).CombinedOutput(); err != nil {
+			return vm.Disk{}, fmt.Errorf("mkswap: %v\n%s", err, out)
+		}
+		return vm.Disk{Path: p}, nil
+	},
+	hostImage: func(disks []vm.Disk, _ string) string { return "swap:" + disks[2].Path + "@0" },
+	checkImage: func(m *vm.Machine, res scenario.Result) error {
+		// Part of the workload was in swap when A jumped.
+		used := lastLine(m, `^khibvm-swapped-out `)
+		if used == "" {
+			return fmt.Errorf("A did not report its swap use before hibernating")
+		}
+		var kib int
+		fmt.Sscan(strings.TrimPrefix(used, "khibvm-swapped-out "), &kib)
+		res["swapped_out_mib"] = kib >> 10
+		if kib < 32<<10 {
+			return fmt.Errorf("only %d KiB of A was swapped out: the scenario must hibernate with part of the workload in swap", kib)
+		}
+		if l := lastLine(m, `^khib: reserving up to`); l == "" {
+			return fmt.Errorf("A did not reserve swap slots")
+		}
+		return nil
+	},
+}
+
+// fileTarget: the image goes into /data/khib.img on A's ext4 data disk.
+var fileTarget = &cycleTarget{
+	name: "file", guest: "file:/data/khib.img", workload: 256, dataMiB: 1024,
+	prepare: `out=$(khib prepare --target file:/data/khib.img --size 640M) || fail prepare
+echo "khibvm-prepare: $out"
+echo "KHIBVM:resume=${out##*khib.resume=}"
+lsattr /data/khib.img 2>/dev/null | sed 's/^/khibvm-lsattr: /'`,
+	firstBoot: regexp.MustCompile(`^khib: not resuming: khib.resume=off`),
+	spentRE:   usedRE,
+	hostImage: func(disks []vm.Disk, resume string) string {
+		_, off, _ := strings.Cut(resume, "@")
+		return "file:" + disks[1].Path + "@" + off
+	},
+}
+
+func init() {
+	scenario.Register(scenario.Scenario{
+		Name: "cycle-swap",
+		Description: "cycle into A's swap, in use: a 1 GiB guest with 512 MiB of swap runs a 900 MiB workload, so part of it " +
+			"is swapped out; the image goes into the swap area's free slots; after the resume the whole workload verifies, " +
+			"swapped-out pages included, and the swap area is usable again (swapoff, swapon)",
+		Timeout: 25 * time.Minute,
+		Run: func(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
+			return runCycles(ctx, env, cycleRun{cycles: 1, tgt: swapTarget})
+		},
+	})
+	scenario.Register(scenario.Scenario{
+		Name: "cycle-file",
+		Description: "cycle into a file on A's ext4 (khib prepare: preallocated, written, immutable); the helpers write and read " +
+			"its blocks on the raw device; stage 1 finds it by filesystem UUID and offset; e2fsck -fn is clean afterwards",
+		Timeout: 20 * time.Minute,
+		Run: func(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
+			return runCycles(ctx, env, cycleRun{cycles: 1, tgt: fileTarget})
+		},
+	})
+}
