@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/hex"
 	"fmt"
+	"github.com/khib/khib/internal/blockmap"
 	"os"
 	"runtime"
 	"sort"
@@ -25,7 +26,9 @@ const mapWindow = 64 << 20
 // save is the helper's save role: it finds the device A reserved, streams
 // A's memory from /proc/vmcore into an image there, and marks it complete.
 // Any error is returned to A, which keeps running.
-func save(h *helperEnv, req mailbox.Request) mailbox.Response {
+func save(h *helperEnv, req mailbox.Request) (resp mailbox.Response) {
+	// saved: the image is complete and stays; set just before returning.
+	saved := false
 	fail := func(format string, a ...any) mailbox.Response {
 		return mailbox.Response{Error: fmt.Sprintf(format, a...)}
 	}
@@ -45,6 +48,21 @@ func save(h *helperEnv, req mailbox.Request) mailbox.Response {
 	where, err := store.ParseWhere(req.Where)
 	if err != nil {
 		return fail("save: %v", err)
+	}
+	if req.SwapMap != nil {
+		// A's swap: the helper writes the map A could not (swap_role.go).
+		// From here on a failure gives the swap area back before the jump
+		// back, so that A can go on swapping to it.
+		swapDev, err := writeSwapMap(req.SwapMap, nonce)
+		if err != nil {
+			giveBackSwapIn(swapDev, req.SwapMap.Anchor)
+			return fail("save: %v", err)
+		}
+		defer func() {
+			if !saved {
+				giveBackSwapIn(swapDev, req.SwapMap.Anchor)
+			}
+		}()
 	}
 	// The device A reserved, by the nonce A wrote there: at its start, or
 	// at the start of the image space of the block map A wrote.
@@ -147,7 +165,27 @@ func save(h *helperEnv, req mailbox.Request) mailbox.Response {
 			return fail("bench: %v", err)
 		}
 	}
+	saved = figs["power_off"] == true
 	return mailbox.Response{OK: true, Figures: figs}
+}
+
+// giveBackSwapIn restores the swap signature on dev if the helper marked
+// it, so that A, going on, finds its swap area as it left it.
+func giveBackSwapIn(dev string, anchor int64) {
+	if dev == "" {
+		return
+	}
+	f, err := os.OpenFile(dev, os.O_RDWR, 0)
+	if err != nil {
+		console("khib-helper: cannot give the swap area on %s back: %v", dev, err)
+		return
+	}
+	defer f.Close()
+	if _, err := blockmap.RestoreSwap(f, anchor); err != nil {
+		console("khib-helper: cannot give the swap area on %s back: %v", dev, err)
+		return
+	}
+	f.Sync()
 }
 
 func codecName(c string) string {

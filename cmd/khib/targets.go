@@ -1,8 +1,15 @@
 package main
 
 import (
+	"encoding/hex"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
 	"errors"
 	"fmt"
+	"github.com/khib/khib/internal/kexec"
+	"github.com/khib/khib/internal/mailbox"
 	"os"
 	"strings"
 
@@ -26,6 +33,8 @@ type prepared struct {
 	// a wake from hybrid sleep, a resume from disk): it gives back swap
 	// slots and the swap signature. Nil for nothing to undo.
 	undo func() error
+	// swapMap: the helper writes the block map (a swap target).
+	swapMap *mailbox.SwapMap
 }
 
 // prepareTarget checks spec (a device, swap: or file:) and writes the
@@ -153,15 +162,20 @@ func defaultFileSize() int64 {
 }
 
 // prepareSwap is A's active swap area: khib takes its free slots
-// (target.Swap.Reserve), writes the block map into the first of them and
-// the anchor into the swap header, whose signature it changes so that no
-// swapon uses the area until stage 1 has seen the image.
+// (target.Swap.Reserve), so that every page A swapped out stays where it
+// is. Linux refuses writes to an active swap device from user space
+// (ETXTBSY), so A writes nothing there: it leaves the slots' extents and
+// the image reservation in locked pages of its RAM, and the helper
+// writes the block map into the first reserved slots and the anchor into
+// the swap header, whose signature it changes so that no swapon uses the
+// area until stage 1 has seen the image.
 func prepareSwap(path string, nonce image.Nonce, k *saveKey) (*prepared, error) {
 	sw, err := target.FindSwap(path)
 	if err != nil {
 		return nil, err
 	}
-	if err := checkUnmappedDevice(sw.Dev); err != nil {
+	uuid, err := swapUUID(sw.Dev, sw.Header)
+	if err != nil {
 		return nil, err
 	}
 	free := sw.Size - sw.Used
@@ -179,35 +193,132 @@ func prepareSwap(path string, nonce image.Nonce, k *saveKey) (*prepared, error) 
 	if err != nil {
 		return nil, fmt.Errorf("swap %s: %w", sw.Path, err)
 	}
+	ok := false
+	defer func() {
+		if !ok {
+			res.Release()
+		}
+	}()
 	if res.Bytes() < least {
-		res.Release()
 		return nil, fmt.Errorf("swap %s: only %d MiB of free slots could be reserved; free some memory or swap, or use a file: target", sw.Path, res.Bytes()>>20)
 	}
 	ext, err := res.Extents(sw)
-	if err == nil {
-		var m *blockmap.Map
-		m, err = blockmap.Plan(blockmap.KindSwap, nonce, sw.Header, ext)
-		if err == nil {
-			var p *prepared
-			p, err = writeMapped(sw.Dev, m, true, nonce, k)
-			if err == nil {
-				p.name = fmt.Sprintf("free slots of swap %s (%d MiB in %d extents)", sw.Path, res.Bytes()>>20, len(ext))
-				p.resume = "swap:" + stage1Dev(sw.Dev)
-				if sw.Header != 0 {
-					p.resume += fmt.Sprintf("@%d", sw.Header)
-				}
-				dev, at := sw.Dev, sw.Header
-				p.undo = func() error {
-					err := restoreSwapHeader(dev, at)
-					return errors.Join(err, res.Release())
-				}
-				return p, nil
-			}
-		}
+	if err != nil {
+		return nil, fmt.Errorf("swap %s: %w", sw.Path, err)
 	}
-	res.Release()
-	restoreSwapHeader(sw.Dev, sw.Header)
-	return nil, fmt.Errorf("swap %s: %w", sw.Path, err)
+	// What the helper will make of them: checked here, so that a
+	// reservation too fragmented for a map is refused before the jump.
+	m, err := blockmap.Plan(blockmap.KindSwap, nonce, sw.Header, ext)
+	if err != nil {
+		return nil, fmt.Errorf("swap %s: %w", sw.Path, err)
+	}
+	ram, err := newRAMPages(1 + blockmap.ListPages(len(ext)))
+	if err != nil {
+		return nil, fmt.Errorf("swap %s: %w", sw.Path, err)
+	}
+	sb := &memWriter{b: ram.page(0)}
+	if err := reserve(sb, nonce, m.Size, k); err != nil {
+		ram.free()
+		return nil, fmt.Errorf("swap %s: %w", sw.Path, err)
+	}
+	pages, list, err := blockmap.EncodeList(ext, ram.phys[1:])
+	if err != nil {
+		ram.free()
+		return nil, fmt.Errorf("swap %s: %w", sw.Path, err)
+	}
+	for i, p := range pages {
+		copy(ram.page(1+i), p)
+	}
+	p := &prepared{
+		dev: sw.Dev, where: store.Where{Mapped: true, Anchor: sw.Header}, size: m.Size,
+		name:    fmt.Sprintf("free slots of swap %s (%d MiB in %d extents)", sw.Path, res.Bytes()>>20, len(ext)),
+		resume:  "swap:" + stage1Dev(sw.Dev),
+		swapMap: &mailbox.SwapMap{Extents: list, Reservation: ram.phys[0], Anchor: sw.Header, UUID: uuid},
+	}
+	if sw.Header != 0 {
+		p.resume += fmt.Sprintf("@%d", sw.Header)
+	}
+	// After the jump the helper, or the restore helper, has given the
+	// swap header back; A gives back the slots (unmapping the pages that
+	// hold them frees them unread) and the pages of the list.
+	p.undo = func() error {
+		ram.free()
+		return res.Release()
+	}
+	ok = true
+	return p, nil
+}
+
+// swapUUID reads the UUID in the swap header at off on dev (reading an
+// active swap area is allowed; writing it is not).
+func swapUUID(dev string, off int64) (string, error) {
+	f, err := os.Open(dev)
+	if err != nil {
+		return "", fmt.Errorf("reading the swap header: %w", err)
+	}
+	defer f.Close()
+	b := make([]byte, blockmap.PageSize)
+	if _, err := f.ReadAt(b, off); err != nil {
+		return "", fmt.Errorf("reading the swap header on %s: %w", dev, err)
+	}
+	if string(b[blockmap.SwapMagicOff:]) != blockmap.SwapMagic {
+		return "", fmt.Errorf("%s at %d has no swap signature (SWAPSPACE2): is an image of an earlier hibernation still marked there? boot once so that stage 1 gives it back, or run mkswap", dev, off)
+	}
+	return hex.EncodeToString(b[swapUUIDOff : swapUUIDOff+16]), nil
+}
+
+// swapUUIDOff is where a swap header keeps its UUID
+// (include/linux/swap.h: union swap_header's info.sws_uuid).
+const swapUUIDOff = 1024 + 12
+
+// memWriter is an io.WriterAt over one buffer.
+type memWriter struct{ b []byte }
+
+func (w *memWriter) WriteAt(p []byte, off int64) (int, error) {
+	if off < 0 || off+int64(len(p)) > int64(len(w.b)) {
+		return 0, fmt.Errorf("write of %d bytes at %d past a %d-byte buffer", len(p), off, len(w.b))
+	}
+	return copy(w.b[off:], p), nil
+}
+
+// ramPages are pages of A's RAM, locked, whose physical addresses the
+// helper is told: how A hands it more than the mailbox holds.
+type ramPages struct {
+	mem  []byte
+	phys []uint64
+}
+
+func newRAMPages(n int) (*ramPages, error) {
+	mem, err := unix.Mmap(-1, 0, n*blockmap.PageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_POPULATE)
+	if err != nil {
+		return nil, fmt.Errorf("pages for the helper: %w", err)
+	}
+	r := &ramPages{mem: mem}
+	if err := unix.Mlock(mem); err != nil {
+		r.free()
+		return nil, fmt.Errorf("locking pages for the helper: %w", err)
+	}
+	for i := 0; i < n; i++ {
+		r.page(i)[0] = 1 // a page of its own, not the shared zero page
+		pa, err := kexec.PhysAddr(uintptr(unsafe.Pointer(&r.page(i)[0])))
+		if err != nil {
+			r.free()
+			return nil, fmt.Errorf("pages for the helper: %w", err)
+		}
+		r.phys = append(r.phys, pa)
+	}
+	return r, nil
+}
+
+func (r *ramPages) page(i int) []byte {
+	return r.mem[i*blockmap.PageSize : (i+1)*blockmap.PageSize]
+}
+
+func (r *ramPages) free() {
+	if r.mem != nil {
+		unix.Munmap(r.mem)
+		r.mem = nil
+	}
 }
 
 // writeMapped writes m's map pages and anchor on dev, then the image
@@ -230,18 +341,6 @@ func writeMapped(dev string, m *blockmap.Map, held bool, nonce image.Nonce, k *s
 		return nil, fmt.Errorf("syncing %s: %w", dev, err)
 	}
 	return &prepared{dev: dev, where: store.Where{Mapped: true, Anchor: m.Self}, size: m.Size}, nil
-}
-
-func restoreSwapHeader(dev string, at int64) error {
-	f, err := os.OpenFile(dev, os.O_RDWR, 0)
-	if err != nil {
-		return fmt.Errorf("restoring the swap signature: %w", err)
-	}
-	defer f.Close()
-	if _, err := blockmap.RestoreSwap(f, at); err != nil {
-		return err
-	}
-	return f.Sync()
 }
 
 // checkUnmappedDevice refuses a device that the helper would not find

@@ -210,3 +210,49 @@ func TestCoalesce(t *testing.T) {
 		t.Fatalf("got %v, want %v", got, want)
 	}
 }
+
+func TestList(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	ext := fragmented(r, 3000) // several pages
+	at := make([]uint64, ListPages(len(ext)))
+	for i := range at {
+		at[i] = uint64(0x100000 + 0x3000*i) // scattered "physical" pages
+	}
+	lp, l, err := EncodeList(ext, at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem := map[uint64][]byte{}
+	for i, p := range lp {
+		mem[at[i]] = p
+	}
+	read := func(a uint64) ([]byte, error) {
+		p, ok := mem[a]
+		if !ok {
+			return nil, errors.New("no page there")
+		}
+		return p, nil
+	}
+	got, err := DecodeList(l, read, pages(3000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(ext) {
+		t.Fatalf("%d extents back, %d sent", len(got), len(ext))
+	}
+	for i := range got {
+		if got[i] != ext[i] {
+			t.Fatalf("extent %d: %v, sent %v", i, got[i], ext[i])
+		}
+	}
+	// A page that moved (another page's bytes at its address) is caught.
+	mem[at[1]] = append([]byte(nil), mem[at[0]]...)
+	if _, err := DecodeList(l, read, pages(3000)); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("moved page: %v", err)
+	}
+	mem[at[1]] = lp[1]
+	lp[1][4090] ^= 1
+	if _, err := DecodeList(l, read, pages(3000)); !errors.Is(err, ErrCorrupt) || !bytes.Contains([]byte(err.Error()), []byte("hash")) {
+		t.Fatalf("flipped padding: %v", err)
+	}
+}

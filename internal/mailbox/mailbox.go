@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/khib/khib/internal/blockmap"
 	"github.com/khib/khib/internal/fsstate"
 )
 
@@ -75,6 +76,26 @@ type Request struct {
 	// (store.Where): empty for the whole device, map@OFFSET for a block
 	// map (a file or swap slots) whose anchor is at OFFSET.
 	Where string `json:"where,omitempty"`
+	// SwapMap is set for a swap target: A reserved free slots but cannot
+	// write to its active swap area (Linux refuses user-space writes to
+	// it), so the helper writes the block map, the anchor and the
+	// reservation from what A left in its RAM.
+	SwapMap *SwapMap `json:"swap_map,omitempty"`
+}
+
+// SwapMap is where in A's RAM the helper finds what to write to A's swap
+// area, and how it recognises the area.
+type SwapMap struct {
+	// Extents are the reserved slots as device extents, in slot order:
+	// a blockmap list in pages of A's RAM.
+	Extents blockmap.List `json:"extents"`
+	// Reservation is the physical address of a page holding the image
+	// reservation (superblock) that goes at the start of the image space.
+	Reservation uint64 `json:"reservation"`
+	// Anchor is the device offset of the swap header (0 for a partition).
+	Anchor int64 `json:"anchor"`
+	// UUID is the swap area's UUID, from its header (hex, 32 digits).
+	UUID string `json:"uuid"`
 }
 
 // Response is the helper's answer. A reads it when the jump returns; after
