@@ -2,7 +2,7 @@
 # Install the Debian packages khib's build, tests and demo need, if any
 # are missing. Runs as root; does nothing when everything is present.
 set -eu
-pkgs="qemu-system-x86 linux-source-6.12 bc bison flex libelf-dev libssl-dev cpio xz-utils lz4 make gcc binutils busybox-static e2fsprogs dosfstools makedumpfile linux-config-6.12 mmdebstrap fdisk swtpm swtpm-tools"
+pkgs="qemu-system-x86 linux-source-6.12 bc bison flex libelf-dev libssl-dev cpio xz-utils lz4 make gcc binutils busybox-static e2fsprogs dosfstools mtools makedumpfile linux-config-6.12 mmdebstrap fdisk swtpm swtpm-tools"
 missing=""
 for p in $pkgs; do
 	if ! dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

@@ -76,6 +76,7 @@ func main() {
 	mixed := fs.Bool("mixed", false, "mix random, text-like, zero and sparse pages (default: all random)")
 	garbage := fs.Int("garbage", 0, "start: first fill this many MiB with random bytes and free them, leaving free pages that are not zero")
 	dir := fs.String("dir", "/run/khib-workload", "state directory")
+	pageOut := fs.Int("page-out", 0, "start: after filling and after every check, page this many MiB of the workload out to swap\n(MADV_PAGEOUT), so that part of it is in swap whenever it is not being checked")
 	count := fs.Int("count", 1000, "pfns: how many pages")
 	file := fs.String("file", "", "append-*: the file appended to")
 	ack := fs.String("ack", "", "append-start: acknowledge each fdatasync'ed record on this file")
@@ -87,9 +88,9 @@ func main() {
 	var err error
 	switch os.Args[1] {
 	case "start":
-		err = start(*dir, *mib, *seed, *mixed, *garbage)
+		err = start(*dir, *mib, *seed, *mixed, *garbage, *pageOut)
 	case "serve":
-		err = serve(*dir, *mib, *seed, *mixed)
+		err = serve(*dir, *mib, *seed, *mixed, *pageOut)
 	case "verify":
 		err = verify(*dir)
 	case "stop":
@@ -117,7 +118,7 @@ func main() {
 	}
 }
 
-func start(dir string, mib int, seed uint64, mixed bool, garbage int) error {
+func start(dir string, mib int, seed uint64, mixed bool, garbage, pageOut int) error {
 	if garbage > 0 {
 		if err := leaveGarbage(garbage); err != nil {
 			return err
@@ -130,6 +131,9 @@ func start(dir string, mib int, seed uint64, mixed bool, garbage int) error {
 	args := []string{"serve", "--dir", dir, "--mib", strconv.Itoa(mib), "--seed", strconv.FormatUint(seed, 10)}
 	if mixed {
 		args = append(args, "--mixed")
+	}
+	if pageOut > 0 {
+		args = append(args, "--page-out", strconv.Itoa(pageOut))
 	}
 	cmd := exec.Command("/proc/self/exe", args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -150,7 +154,7 @@ func start(dir string, mib int, seed uint64, mixed bool, garbage int) error {
 }
 
 // serve is the workload process itself.
-func serve(dir string, mib int, seed uint64, mixed bool) error {
+func serve(dir string, mib int, seed uint64, mixed bool, pageOut int) error {
 	size := mib << 20
 	buf, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_POPULATE)
 	if err != nil {
@@ -162,6 +166,18 @@ func serve(dir string, mib int, seed uint64, mixed bool) error {
 		workload.Fill(buf[i*workload.PageSize:(i+1)*workload.PageSize], seed, uint64(i), mixed)
 	}
 	fill := time.Since(t0)
+	// Part of the workload goes to swap, and back there after each
+	// check, which swaps it in (the test of a swap target needs pages
+	// in swap when the system hibernates).
+	out := buf[:min(pageOut<<20, size)]
+	pageOutNow := func() {
+		if len(out) > 0 {
+			if err := unix.Madvise(out, unix.MADV_PAGEOUT); err != nil {
+				fmt.Fprintf(os.Stderr, "page-out: %v\n", err)
+			}
+		}
+	}
+	pageOutNow()
 
 	var counter atomic.Uint64
 	go func() {
@@ -201,6 +217,7 @@ func serve(dir string, mib int, seed uint64, mixed bool) error {
 		rep.OK = rep.BadPages == 0
 		rep.Counter = counter.Load()
 		rep.VerifyS = time.Since(t).Seconds()
+		pageOutNow()
 		if err := writeReport(dir, &rep); err != nil {
 			return err
 		}

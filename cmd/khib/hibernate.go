@@ -297,6 +297,10 @@ func hibernate(res *hibernateResult, dev, codec string, ret bool, load helper.Op
 		return err
 	}
 	res.Target, res.Resume = tgt.dev, tgt.resume
+	if res.Target == "" {
+		res.Target = dev
+	}
+	load.Extra = append(load.Extra, tgt.extra...)
 	if tgt.undo != nil {
 		// Whatever happens next, this system goes on only after the
 		// helper is done with the target.
@@ -341,7 +345,7 @@ func hibernate(res *hibernateResult, dev, codec string, ret bool, load helper.Op
 			own = ownFreeCount()
 		}
 		resp, away, err := jump(st, encryptKey, mailbox.Request{Cmd: cmd, Nonce: nonce.String(), Codec: codec, Return: ret || thenSuspend,
-			Suspend: thenSuspend, FirmwareRAM: fwRAM, NoFilter: noFilter, Filesystems: mounts, Where: tgt.where.String(), SwapMap: tgt.swapMap})
+			Suspend: thenSuspend, FirmwareRAM: fwRAM, NoFilter: noFilter, Filesystems: mounts, Where: tgt.where.String(), SwapMap: tgt.swapMap, Reservation: tgt.reservation})
 		if errors.Is(err, helper.ErrMailboxMoved) && attempt == 0 {
 			helper.Unload()
 			continue

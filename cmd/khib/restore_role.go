@@ -44,14 +44,24 @@ func restore(uuid, whereSpec string) error {
 		return err
 	}
 	var found image.UUID
-	f, err := store.Find(where, func(s store.Store) bool {
+	matches := func(s store.Store) bool {
 		sb, err := image.ReadSuperblock(s)
 		if err == nil && sb.UUID.String() == uuid {
 			found = sb.UUID
 			return true
 		}
 		return false
-	})
+	}
+	var f store.Store
+	if where.Dir != nil {
+		// A file on a filesystem C mounts itself (not one of A's).
+		if f, err = store.OpenDir(*where.Dir, "/mnt/khib-target", true, false); err == nil && !matches(f) {
+			f.Close()
+			err = fmt.Errorf("%s holds another image", f.Name())
+		}
+	} else {
+		f, err = store.Find(where, matches)
+	}
 	if err != nil {
 		return fmt.Errorf("finding image %s: %w", uuid, err)
 	}
@@ -136,6 +146,11 @@ func restore(uuid, whereSpec string) error {
 	if err := markUsed(f); err != nil {
 		kexec.Unload()
 		return fmt.Errorf("not jumping to A: %w (resuming an image that is not marked used could resume the same A twice)", err)
+	}
+	// A filesystem C mounted (a dir: target) is unmounted clean before
+	// A runs again: A may mount it later.
+	if err := f.Close(); err != nil {
+		console("khib-restore: %v", err)
 	}
 	console("khib-restore: image marked used; jumping to A")
 	if err := kexec.Jump(); err != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"github.com/khib/khib/internal/blockmap"
 	"github.com/khib/khib/internal/config"
+	"github.com/khib/khib/internal/elfdeps"
 	"github.com/khib/khib/internal/store"
 	"github.com/khib/khib/internal/target"
 	"os"
@@ -34,6 +35,13 @@ func locateResume(spec string, timeout time.Duration) (string, target.Spec, erro
 	if err != nil {
 		return "", sp, err
 	}
+	if sp.Kind == target.SpecDir {
+		if _, _, ok := sp.FUSE(); ok {
+			return "", sp, nil
+		}
+		dev, err := config.ResolveWait("/", sp.Value, timeout)
+		return dev, sp, err
+	}
 	if !sp.Located {
 		return "", sp, fmt.Errorf("stage 1 finds a %s target by its device and offset (%s:DEV@OFFSET, which khib hibernate --json reports as resume and khib configure records), not by a path on a filesystem it does not mount", sp.Kind, sp.Kind)
 	}
@@ -55,6 +63,21 @@ func locateResume(spec string, timeout time.Duration) (string, target.Spec, erro
 func resumeFrom(dev string, sp target.Spec, kernel string) {
 	t0 := time.Now()
 	where := store.Where{Mapped: sp.Kind != target.SpecDevice, Anchor: sp.Anchor}
+	var extra []string
+	if sp.Kind == target.SpecDir {
+		where = store.Where{Dir: &sp}
+		if prog, _, ok := sp.FUSE(); ok {
+			// C runs the same FUSE program: it goes into C's initramfs.
+			files, err := elfdeps.Closure(os.DirFS("/"), prog)
+			if err != nil && !errors.Is(err, elfdeps.ErrStatic) {
+				console("khib: NOT resuming: the FUSE program %s: %v; booting normally.", prog, err)
+				return
+			}
+			if extra = files; len(extra) == 0 {
+				extra = []string{prog}
+			}
+		}
+	}
 	resuming := false
 	if sp.Kind == target.SpecSwap {
 		swapDev := dev
@@ -66,6 +89,9 @@ func resumeFrom(dev string, sp target.Spec, kernel string) {
 	}
 	f, err := openResumeStore(dev, where)
 	if err != nil {
+		if dev == "" {
+			dev = sp.String()
+		}
 		console("khib: no hibernation image on %s (%v); booting normally.", dev, err)
 		return
 	}
@@ -126,7 +152,7 @@ func resumeFrom(dev string, sp target.Spec, kernel string) {
 		what = "every chunk"
 	}
 	console("khib: image intact (%s, %.1f s); loading the restore helper into %s", what, time.Since(t0).Seconds(), meta.Region)
-	plan, err := helper.LoadRestore(kernel, kexec.Range{Start: meta.Region.Start, End: meta.Region.End}, meta.UUID.String(), where.String(), key)
+	plan, err := helper.LoadRestore(kernel, kexec.Range{Start: meta.Region.Start, End: meta.Region.End}, meta.UUID.String(), where.String(), key, extra...)
 	if err != nil {
 		refuse(dev, fmt.Errorf("loading the restore helper: %w", err))
 		return
@@ -153,6 +179,9 @@ func refuse(dev string, err error) {
 // openResumeStore opens the store at where on dev read-only, waiting a
 // few seconds for the device to appear.
 func openResumeStore(dev string, where store.Where) (store.Store, error) {
+	if where.Dir != nil {
+		return store.OpenDir(*where.Dir, "/run/khib-stage1", false, false)
+	}
 	var err error
 	for i := 0; i < 50; i++ {
 		var f *os.File

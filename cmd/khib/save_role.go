@@ -1,9 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"encoding/hex"
 	"fmt"
 	"github.com/khib/khib/internal/blockmap"
+	"github.com/khib/khib/internal/kexec"
+	"github.com/khib/khib/internal/target"
 	"os"
 	"runtime"
 	"sort"
@@ -66,15 +69,25 @@ func save(h *helperEnv, req mailbox.Request) (resp mailbox.Response) {
 	}
 	// The device A reserved, by the nonce A wrote there: at its start, or
 	// at the start of the image space of the block map A wrote.
-	tg, err := store.Find(where, func(s store.Store) bool {
-		_, err := image.FindReservation(s, nonce)
-		return err == nil
-	})
+	var tg store.Store
+	if where.Dir != nil {
+		// A file on a filesystem the helper mounts (dir:): the helper
+		// makes the file and writes the reservation A left in its RAM.
+		tg, err = openDirTarget(*where.Dir, req.Reservation, nonce)
+	} else {
+		tg, err = store.Find(where, func(s store.Store) bool {
+			_, err := image.FindReservation(s, nonce)
+			return err == nil
+		})
+	}
 	if err != nil {
 		return fail("save: finding the target: %v", err)
 	}
 	defer tg.Close()
-	dev, path, size := tg.Device(), tg.Device().Name(), tg.Size()
+	dev, path, size := tg.Device(), tg.Name(), tg.Size()
+	if dev != nil {
+		path = dev.Name()
+	}
 	// An encrypted save: the reservation carries the key slots, the
 	// mailbox carried the key (serve took it out).
 	rsv, err := image.FindReservation(tg, nonce)
@@ -167,6 +180,32 @@ func save(h *helperEnv, req mailbox.Request) (resp mailbox.Response) {
 	}
 	saved = figs["power_off"] == true
 	return mailbox.Response{OK: true, Figures: figs}
+}
+
+// openDirTarget mounts a dir: target's filesystem (or starts its FUSE
+// program), makes the file and writes into it the reservation that A
+// left at the physical address rsv.
+func openDirTarget(sp target.Spec, rsv uint64, nonce image.Nonce) (store.Store, error) {
+	page, err := kexec.ReadPhys(rsv, image.SuperblockSize)
+	if err != nil {
+		return nil, fmt.Errorf("reading the reservation in A's RAM: %w", err)
+	}
+	if _, err := image.FindReservation(bytes.NewReader(page), nonce); err != nil {
+		return nil, fmt.Errorf("the reservation in A's RAM is not this request's: %w", err)
+	}
+	st, err := store.OpenDir(sp, "/mnt/khib-target", true, true)
+	if err != nil {
+		return nil, err
+	}
+	if st.Size() < 1<<20 {
+		st.Close()
+		return nil, fmt.Errorf("%s: the filesystem is full: %d KiB free", st.Name(), st.Size()>>10)
+	}
+	if _, err := st.WriteAt(page, 0); err != nil {
+		st.Close()
+		return nil, fmt.Errorf("%s: writing the reservation: %w", st.Name(), err)
+	}
+	return st, nil
 }
 
 // giveBackSwapIn restores the swap signature on dev if the helper marked

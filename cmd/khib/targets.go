@@ -2,6 +2,8 @@ package main
 
 import (
 	"encoding/hex"
+	"github.com/khib/khib/internal/elfdeps"
+	"slices"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -35,6 +37,11 @@ type prepared struct {
 	undo func() error
 	// swapMap: the helper writes the block map (a swap target).
 	swapMap *mailbox.SwapMap
+	// reservation: the physical address of a page of A's RAM holding
+	// the image reservation the helper writes first (a dir target).
+	reservation uint64
+	// extra: files of A's the helper needs (a FUSE program).
+	extra []string
 }
 
 // prepareTarget checks spec (a device, swap: or file:) and writes the
@@ -51,6 +58,8 @@ func prepareTarget(spec string, nonce image.Nonce, k *saveKey) (*prepared, error
 			return nil, fmt.Errorf("target %s is the form stage 1 reads; to hibernate, give the file's path: file:/PATH", spec)
 		}
 		return prepareFile(sp.Value, nonce, k)
+	case target.SpecDir:
+		return prepareDir(sp, nonce, k)
 	case target.SpecSwap:
 		path := sp.Value
 		if strings.Contains(path, "=") {
@@ -180,8 +189,11 @@ func prepareSwap(path string, nonce image.Nonce, k *saveKey) (*prepared, error) 
 	}
 	free := sw.Size - sw.Used
 	// A keeps some slots: it runs on between the reservation and the
-	// freeze, and again after a jump back.
-	keep := min(max(free/32, 4<<20), 64<<20)
+	// freeze, and again after a jump back, and while it reserves, the
+	// pages it touches before paging them out may push others to swap
+	// (a reservation that took every free slot once left A's kernel no
+	// way out but the OOM killer).
+	keep := max(free/8, 64<<20)
 	// The image never holds more than the pages A has in use.
 	want := (meminfoKiB("MemTotal")-meminfoKiB("MemFree"))<<10 + 16<<20
 	const least = 16 << 20
@@ -246,6 +258,67 @@ func prepareSwap(path string, nonce image.Nonce, k *saveKey) (*prepared, error) 
 		return res.Release()
 	}
 	ok = true
+	return p, nil
+}
+
+// prepareDir is a file on a filesystem that the helpers mount: a
+// device A has not mounted (a USB stick, a second disk) with vfat or
+// ext4, or a FUSE program's filesystem, the program carried into the
+// helpers. A writes nothing there: it leaves the image reservation in a
+// page of its RAM, and the helper writes it as the file's first page.
+func prepareDir(sp target.Spec, nonce image.Nonce, k *saveKey) (*prepared, error) {
+	p := &prepared{where: store.Where{Dir: &sp}, resume: sp.String()}
+	if prog, _, ok := sp.FUSE(); ok {
+		st, err := os.Stat(prog)
+		if err != nil || !st.Mode().IsRegular() || st.Mode()&0o111 == 0 {
+			return nil, fmt.Errorf("target %s: the FUSE program %s is not an executable file (%v)", sp, prog, err)
+		}
+		files, err := elfdeps.Closure(os.DirFS("/"), prog)
+		if err != nil && !errors.Is(err, elfdeps.ErrStatic) {
+			return nil, fmt.Errorf("target %s: the FUSE program %s: %w", sp, prog, err)
+		}
+		if len(files) == 0 {
+			files = []string{prog}
+		}
+		p.extra = files
+		p.name = fmt.Sprintf("%s through the FUSE program %s", sp.Path, prog)
+	} else {
+		dev, err := config.Resolve("/", sp.Value)
+		if err != nil {
+			return nil, fmt.Errorf("target %s: %w", sp, err)
+		}
+		f, err := os.Open(dev)
+		if err != nil {
+			return nil, fmt.Errorf("target %s: %w", sp, err)
+		}
+		fs, err := config.ProbeFS(f)
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("target %s: %s holds no filesystem khib knows (%v); make one (mkfs.vfat %s)", sp, dev, err, dev)
+		}
+		if !slices.Contains(store.DirFSTypes, fs.Type) {
+			return nil, fmt.Errorf("target %s: %s holds %s, and the helper kernel mounts only %s; use file: for a filesystem of this system's", sp, dev, fs.Type, strings.Join(store.DirFSTypes, " and "))
+		}
+		info, err := target.Inspect(dev)
+		if err != nil {
+			return nil, err
+		}
+		if err := target.CheckUnused(info); err != nil {
+			return nil, fmt.Errorf("target %s: %w; unmount it first: the helper mounts it itself, and a filesystem mounted by two kernels at once is corrupted", sp, err)
+		}
+		p.dev = dev
+		p.name = fmt.Sprintf("%s on %s (%s, not mounted here)", sp.Path, dev, fs.Type)
+	}
+	ram, err := newRAMPages(1)
+	if err != nil {
+		return nil, err
+	}
+	if err := reserve(&memWriter{b: ram.page(0)}, nonce, 1<<40, k); err != nil {
+		ram.free()
+		return nil, err
+	}
+	p.reservation = ram.phys[0]
+	p.undo = func() error { ram.free(); return nil }
 	return p, nil
 }
 

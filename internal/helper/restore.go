@@ -17,7 +17,7 @@ import (
 // in a second cpio archive appended to C's initramfs in memory (the
 // kernel unpacks them one after the other), not on C's command line,
 // which /proc/cmdline shows to anyone.
-func LoadRestore(kernelPath string, region kexec.Range, imageUUID, where string, key []byte) (*kexec.HelperPlan, error) {
+func LoadRestore(kernelPath string, region kexec.Range, imageUUID, where string, key []byte, extra ...string) (*kexec.HelperPlan, error) {
 	k, err := OpenKernel(kernelPath)
 	if err != nil {
 		return nil, err
@@ -26,7 +26,7 @@ func LoadRestore(kernelPath string, region kexec.Range, imageUUID, where string,
 	if err != nil {
 		return nil, err
 	}
-	initrd, err := Initramfs("/proc/self/exe")
+	initrd, err := Initramfs("/proc/self/exe", extra...)
 	if err != nil {
 		return nil, err
 	}

@@ -81,6 +81,10 @@ type Request struct {
 	// it), so the helper writes the block map, the anchor and the
 	// reservation from what A left in its RAM.
 	SwapMap *SwapMap `json:"swap_map,omitempty"`
+	// Reservation, for a dir: target, is the physical address of a page
+	// of A's RAM that holds the image reservation (its superblock, with
+	// the key slots of an encrypted save) that the helper writes first.
+	Reservation uint64 `json:"reservation,omitempty"`
 }
 
 // SwapMap is where in A's RAM the helper finds what to write to A's swap

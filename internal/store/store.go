@@ -42,15 +42,20 @@ type Store interface {
 }
 
 // Where tells the helpers how to find a store: a whole device (Mapped
-// false), or the block map whose anchor lies at Anchor on some device.
+// false), the block map whose anchor lies at Anchor on some device, or a
+// file on a filesystem they mount (Dir).
 type Where struct {
 	Mapped bool
 	Anchor int64
+	Dir    *target.Spec
 }
 
 // String is the form that goes on a helper's command line.
 func (w Where) String() string {
-	if !w.Mapped {
+	switch {
+	case w.Dir != nil:
+		return w.Dir.String()
+	case !w.Mapped:
 		return "device"
 	}
 	return "map@" + strconv.FormatInt(w.Anchor, 10)
@@ -60,6 +65,13 @@ func (w Where) String() string {
 func ParseWhere(s string) (Where, error) {
 	if s == "" || s == "device" {
 		return Where{}, nil
+	}
+	if strings.HasPrefix(s, target.SpecDir+":") {
+		sp, err := target.ParseSpec(s)
+		if err != nil {
+			return Where{}, fmt.Errorf("store: %w", err)
+		}
+		return Where{Dir: &sp}, nil
 	}
 	v, ok := strings.CutPrefix(s, "map@")
 	if ok {

@@ -204,7 +204,7 @@ func (s *Swap) Reserve(want, keep int64) (*Reservation, error) {
 	}
 	defer pm.Close()
 	base := addrOf(mem)
-	const batch = 32 << 20
+	const batch = 16 << 20
 	for lo := 0; lo < len(mem); lo += batch {
 		hi := min(lo+batch, len(mem))
 		for i := lo; i < hi; i += PageSize {

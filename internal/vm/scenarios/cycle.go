@@ -158,7 +158,7 @@ if [ -e /data/booted ]; then
 fi
 touch /data/booted
 @PREPARE@
-khib-workload start --mib @MIB@ --seed @SEED@ --mixed --garbage @GARBAGE@ || fail workload
+khib-workload start --mib @MIB@ --seed @SEED@ --mixed --garbage @GARBAGE@ @WORKLOAD_FLAGS@ || fail workload
 khib-workload append-start --file /data/log @ACK@ || fail appender
 if [ -x /khibvm/before.sh ]; then
 	/khibvm/before.sh >/tmp/before.out 2>&1; echo "KHIBVM:before_rc=$?"; tail -n 5 /tmp/before.out | sed 's/^/khibvm-before: /'
@@ -270,7 +270,7 @@ func cycleRootfs(env *scenario.Env, cycles int, acked bool, tgt *cycleTarget) (s
 	}
 	script := workloadScript(cycleScript, workloadMiB(env, tgt.workload), "@CYCLES@", fmt.Sprint(cycles),
 		"@ACK@", map[bool]string{true: ackFlag}[acked], "@TARGET@", tgt.guest, "@PREPARE@", tgt.prepare,
-		"@AFTER_RESUME@", tgt.afterResume)
+		"@AFTER_RESUME@", tgt.afterResume, "@WORKLOAD_FLAGS@", tgt.workloadFlags)
 	rfs, err := khibGuest(env, script)
 	if err != nil {
 		return "", err
@@ -446,7 +446,9 @@ func runCycles(ctx context.Context, env *scenario.Env, run cycleRun) (scenario.R
 		}
 		where := imgDisk
 		if tgt.hostImage != nil {
-			where = tgt.hostImage(cfg.Disks, resumeSpec)
+			if where, err = tgt.hostImage(env, cfg.Disks, resumeSpec); err != nil {
+				return res, fmt.Errorf("hibernation %d: %w", c, err)
+			}
 		}
 		ins, err := inspectImage(env, where)
 		if err != nil {
@@ -559,6 +561,11 @@ func runCycles(ctx context.Context, env *scenario.Env, run cycleRun) (scenario.R
 	}
 	if err := fsckClean(dataDisk); err != nil {
 		return res, err
+	}
+	if tgt.finalCheck != nil {
+		if err := tgt.finalCheck(cfg.Disks); err != nil {
+			return res, err
+		}
 	}
 	res["fsck"] = "clean"
 	res["hibernate_s"] = scenario.Round3(median(hib))

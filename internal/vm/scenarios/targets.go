@@ -25,17 +25,21 @@ type cycleTarget struct {
 	afterResume string
 	// resume is khib.resume= for every boot; empty: boot 1 has
 	// khib.resume=off and the later ones what A printed.
-	resume    string
-	workload  int    // the workload's MiB, unless --workload
-	region    string // crashkernel=, unless --region
-	dataMiB   int    // the ext4 data disk's size
-	firstBoot *regexp.Regexp
+	resume   string
+	workload int // the workload's MiB, unless --workload
+	// workloadFlags go to khib-workload start.
+	workloadFlags string
+	region        string // crashkernel=, unless --region
+	dataMiB       int    // the ext4 data disk's size
+	firstBoot     *regexp.Regexp
 	// spentRE is what stage 1 says of the used image at the last boot.
 	spentRE *regexp.Regexp
 	// extraDisk is a third disk (vdc).
 	extraDisk func(env *scenario.Env) (vm.Disk, error)
 	// hostImage says where the host reads the image (khib image inspect).
-	hostImage func(disks []vm.Disk, resume string) string
+	hostImage func(env *scenario.Env, disks []vm.Disk, resume string) (string, error)
+	// finalCheck runs on the host once A has powered off for good.
+	finalCheck func(disks []vm.Disk) error
 	// checkImage checks the hibernation's console further.
 	checkImage func(m *vm.Machine, res scenario.Result) error
 }
@@ -52,9 +56,14 @@ var deviceTarget = &cycleTarget{
 // RAM runs, then hibernates into the same swap area's free slots.
 var swapTarget = &cycleTarget{
 	name: "swap", guest: "swap:/dev/vdc", resume: "swap:/dev/vdc",
-	// 900 MiB in a 1 GiB guest: with R at 128 MiB, A has about 880 MiB
-	// of RAM, so part of the workload is swapped out before the jump.
-	workload: 900, region: "128M",
+	// 800 MiB in a 1 GiB guest (R at 128 MiB, A has about 880 MiB of
+	// RAM), 128 MiB of it paged out after every check of the workload,
+	// so that it lies in swap when A hibernates. (The issue asked for
+	// 900 MiB: then A's kernel swapped out 254 MiB, and A's RAM, with the
+	// rig's mixed pages, a quarter of them random, needs a 306 MiB image
+	// while 258 MiB of the 512 MiB are free; the helper refuses that and
+	// A goes on, which target-refusals shows.)
+	workload: 800, region: "128M", workloadFlags: "--page-out 128",
 	prepare: `swapon /dev/vdc || fail swapon
 spec=$(khib prepare --target swap:/dev/vdc) || fail prepare
 echo "khibvm-prepare: $spec"`,
@@ -77,7 +86,9 @@ echo "khibvm-prepare: $spec"`,
 		}
 		return vm.Disk{Path: p}, nil
 	},
-	hostImage: func(disks []vm.Disk, _ string) string { return "swap:" + disks[2].Path + "@0" },
+	hostImage: func(_ *scenario.Env, disks []vm.Disk, _ string) (string, error) {
+		return "swap:" + disks[2].Path + "@0", nil
+	},
 	checkImage: func(m *vm.Machine, res scenario.Result) error {
 		// Part of the workload was in swap when A jumped.
 		used := lastLine(m, `^khibvm-swapped-out `)
@@ -90,8 +101,9 @@ echo "khibvm-prepare: $spec"`,
 		if kib < 32<<10 {
 			return fmt.Errorf("only %d KiB of A was swapped out: the scenario must hibernate with part of the workload in swap", kib)
 		}
-		if l := lastLine(m, `^khib: reserving up to`); l == "" {
-			return fmt.Errorf("A did not reserve swap slots")
+		// The helper wrote into the swap area's block map.
+		if l := lastLine(m, `^khib-helper: saving A .* to swap on /dev/vdc \(anchor at 0, [0-9]+ extents\)`); l == "" {
+			return fmt.Errorf("the helper did not save into the swap area's free slots")
 		}
 		return nil
 	},
@@ -106,16 +118,54 @@ echo "KHIBVM:resume=${out##*khib.resume=}"
 lsattr /data/khib.img 2>/dev/null | sed 's/^/khibvm-lsattr: /'`,
 	firstBoot: regexp.MustCompile(`^khib: not resuming: khib.resume=off`),
 	spentRE:   usedRE,
-	hostImage: func(disks []vm.Disk, resume string) string {
+	hostImage: func(_ *scenario.Env, disks []vm.Disk, resume string) (string, error) {
 		_, off, _ := strings.Cut(resume, "@")
-		return "file:" + disks[1].Path + "@" + off
+		return "file:" + disks[1].Path + "@" + off, nil
+	},
+}
+
+// vfatTarget: the image is a plain file on a vfat disk (a USB stick)
+// that A never mounts; the helpers mount it themselves.
+var vfatTarget = &cycleTarget{
+	name: "vfat", guest: "dir:UUID=4B48-4942:/khib/image.khib", resume: "dir:UUID=4B48-4942:/khib/image.khib", workload: 256,
+	firstBoot: regexp.MustCompile(`^khib: no hibernation image on /dev/vdc \(dir target .*no such file`),
+	spentRE:   usedRE,
+	extraDisk: func(env *scenario.Env) (vm.Disk, error) {
+		p := env.Path("usb.img")
+		if out, err := exec.Command("mkfs.vfat", "-C", "-F", "32", "-i", "4B484942", "-n", "KHIBUSB", p, fmt.Sprint(1024*1024)).CombinedOutput(); err != nil {
+			return vm.Disk{}, fmt.Errorf("mkfs.vfat (apt-get install dosfstools): %v\n%s", err, out)
+		}
+		return vm.Disk{Path: p}, nil
+	},
+	hostImage: func(env *scenario.Env, disks []vm.Disk, _ string) (string, error) {
+		out := env.Path("image-from-usb.khib")
+		if b, err := exec.Command("mcopy", "-o", "-n", "-i", disks[2].Path, "::/khib/image.khib", out).CombinedOutput(); err != nil {
+			return "", fmt.Errorf("mcopy (apt-get install mtools): %v\n%s", err, b)
+		}
+		return out, nil
+	},
+	finalCheck: func(disks []vm.Disk) error {
+		if out, err := exec.Command("fsck.vfat", "-n", disks[2].Path).CombinedOutput(); err != nil {
+			return fmt.Errorf("fsck.vfat -n: %v\n%s", err, out)
+		}
+		return nil
 	},
 }
 
 func init() {
 	scenario.Register(scenario.Scenario{
+		Name: "cycle-vfat",
+		Description: "cycle onto a vfat disk (a USB stick) that A does not mount: the helper mounts it and writes the image " +
+			"as a plain file, stage 1 mounts it read-only, the restore helper marks the image used and unmounts it clean; " +
+			"the host reads the file off the disk (mtools) and fsck.vfat -n is clean afterwards",
+		Timeout: 20 * time.Minute,
+		Run: func(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
+			return runCycles(ctx, env, cycleRun{cycles: 1, tgt: vfatTarget})
+		},
+	})
+	scenario.Register(scenario.Scenario{
 		Name: "cycle-swap",
-		Description: "cycle into A's swap, in use: a 1 GiB guest with 512 MiB of swap runs a 900 MiB workload, so part of it " +
+		Description: "cycle into A's swap, in use: a 1 GiB guest with 512 MiB of swap runs an 800 MiB workload, so part of it " +
 			"is swapped out; the image goes into the swap area's free slots; after the resume the whole workload verifies, " +
 			"swapped-out pages included, and the swap area is usable again (swapoff, swapon)",
 		Timeout: 25 * time.Minute,
