@@ -345,7 +345,7 @@ func hibernate(res *hibernateResult, dev, codec string, ret bool, load helper.Op
 			own = ownFreeCount()
 		}
 		resp, away, err := jump(st, encryptKey, mailbox.Request{Cmd: cmd, Nonce: nonce.String(), Codec: codec, Return: ret || thenSuspend,
-			Suspend: thenSuspend, FirmwareRAM: fwRAM, NoFilter: noFilter, Filesystems: mounts, Where: tgt.where.String(), SwapMap: tgt.swapMap, Reservation: tgt.reservation})
+			Suspend: thenSuspend, FirmwareRAM: fwRAM, NoFilter: noFilter, Filesystems: mounts, Where: tgt.where.String(), SwapMap: tgt.swapMap, Reservation: tgt.reservation, S3: tgt.s3})
 		if errors.Is(err, helper.ErrMailboxMoved) && attempt == 0 {
 			helper.Unload()
 			continue

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"github.com/khib/khib/internal/blockmap"
 	"github.com/khib/khib/internal/config"
+	"github.com/khib/khib/internal/objstore"
 	"github.com/khib/khib/internal/store"
 	"os"
 	"strings"
@@ -92,8 +94,21 @@ func openImageArg(arg string) (store.Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	if sp.Kind == target.SpecDevice {
+	switch sp.Kind {
+	case target.SpecDevice:
 		return store.Open(arg, store.Where{}, false)
+	case target.SpecDir:
+		return store.OpenDir(sp, "/run/khib/image-dir", false, false)
+	case target.SpecS3:
+		loc, err := objstore.ParseURL(sp.Value)
+		if err != nil {
+			return nil, err
+		}
+		creds, err := objstore.LoadCredentials(loc.Creds)
+		if err != nil {
+			return nil, err
+		}
+		return store.OpenS3(context.Background(), loc, creds)
 	}
 	dev, anchor := sp.Value, sp.Anchor
 	switch {

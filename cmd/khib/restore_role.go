@@ -1,7 +1,11 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"github.com/khib/khib/internal/netconf"
+	"github.com/khib/khib/internal/objstore"
+	"os"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -19,7 +23,7 @@ import (
 // image resumable. If anything fails, C marks the image used (a failure
 // must not repeat at every boot), says why and reboots into a normal boot.
 func runRestore(params map[string]string) {
-	err := restore(params["khib.image"], params["khib.where"])
+	err := restore(params["khib.image"], params["khib.where"], params["khib.net"])
 	console("khib-restore: NOT resuming: %v\n"+
 		"  A cannot be resumed: its memory may be partly written, and the image is marked used so that\n"+
 		"  this does not repeat; rebooting into a normal boot in 5 s. (khib.verify=full on the kernel\n"+
@@ -30,7 +34,7 @@ func runRestore(params map[string]string) {
 	select {}
 }
 
-func restore(uuid, whereSpec string) error {
+func restore(uuid, whereSpec, netSpec string) error {
 	t0 := time.Now()
 	// An encrypted image's key, which stage 1 put into this initramfs:
 	// read and removed before anything else.
@@ -53,7 +57,12 @@ func restore(uuid, whereSpec string) error {
 		return false
 	}
 	var f store.Store
-	if where.Dir != nil {
+	if where.S3 != "" {
+		if f, err = openRestoreS3(where.S3, netSpec); err == nil && !matches(f) {
+			f.Close()
+			err = fmt.Errorf("%s holds another image", f.Name())
+		}
+	} else if where.Dir != nil {
 		// A file on a filesystem C mounts itself (not one of A's).
 		if f, err = store.OpenDir(*where.Dir, "/mnt/khib-target", true, false); err == nil && !matches(f) {
 			f.Close()
@@ -159,9 +168,42 @@ func restore(uuid, whereSpec string) error {
 	return fmt.Errorf("A jumped back into the restore helper, which is not meant to happen")
 }
 
+// openRestoreS3 brings up the network stage 1 had and opens the object
+// with the credentials stage 1 put into C's initramfs.
+func openRestoreS3(url, netSpec string) (store.Store, error) {
+	loc, err := objstore.ParseURL(url)
+	if err != nil {
+		return nil, err
+	}
+	nc, err := netconf.Parse(netSpec)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := netconf.Apply(nc, 10*time.Second); err != nil {
+		return nil, fmt.Errorf("the network: %w", err)
+	}
+	b, err := os.ReadFile(loc.Creds)
+	if err != nil {
+		return nil, fmt.Errorf("the credentials stage 1 passed: %w", err)
+	}
+	creds, err := objstore.ParseCredentials(b)
+	clear(b)
+	if err != nil {
+		return nil, err
+	}
+	return store.OpenS3(context.Background(), loc, creds)
+}
+
 // markUsed sets the image's state to Invalidated and makes it durable,
 // then gives the store back (a swap area gets its signature again).
 func markUsed(s store.Store) error {
+	if u, ok := s.(store.UsedMarker); ok {
+		// An object: a marker beside it says it was used.
+		if err := u.MarkUsed(); err != nil {
+			return fmt.Errorf("marking the image used: %w", err)
+		}
+		return nil
+	}
 	if err := image.SetState(s, image.StateInvalidated); err != nil {
 		return fmt.Errorf("marking the image used: %w", err)
 	}

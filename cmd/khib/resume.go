@@ -1,11 +1,14 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"github.com/khib/khib/internal/blockmap"
 	"github.com/khib/khib/internal/config"
 	"github.com/khib/khib/internal/elfdeps"
+	"github.com/khib/khib/internal/netconf"
+	"github.com/khib/khib/internal/objstore"
 	"github.com/khib/khib/internal/store"
 	"github.com/khib/khib/internal/target"
 	"os"
@@ -34,6 +37,9 @@ func locateResume(spec string, timeout time.Duration) (string, target.Spec, erro
 	sp, err := target.ParseSpec(spec)
 	if err != nil {
 		return "", sp, err
+	}
+	if sp.Kind == target.SpecS3 {
+		return "", sp, nil
 	}
 	if sp.Kind == target.SpecDir {
 		if _, _, ok := sp.FUSE(); ok {
@@ -87,7 +93,18 @@ func resumeFrom(dev string, sp target.Spec, kernel string) {
 			}
 		}()
 	}
-	f, err := openResumeStore(dev, where)
+	cParams := ""
+	var f store.Store
+	var err error
+	if sp.Kind == target.SpecS3 {
+		var s3extra []string
+		f, cParams, s3extra, err = openResumeS3(sp.Value)
+		extra = append(extra, s3extra...)
+		where = store.Where{S3: sp.Value}
+	} else {
+		f, err = openResumeStore(dev, where)
+	}
+	cParams = "khib.where=" + where.String() + cParams
 	if err != nil {
 		if dev == "" {
 			dev = sp.String()
@@ -152,7 +169,7 @@ func resumeFrom(dev string, sp target.Spec, kernel string) {
 		what = "every chunk"
 	}
 	console("khib: image intact (%s, %.1f s); loading the restore helper into %s", what, time.Since(t0).Seconds(), meta.Region)
-	plan, err := helper.LoadRestore(kernel, kexec.Range{Start: meta.Region.Start, End: meta.Region.End}, meta.UUID.String(), where.String(), key, extra...)
+	plan, err := helper.LoadRestore(kernel, kexec.Range{Start: meta.Region.Start, End: meta.Region.End}, meta.UUID.String(), cParams, key, extra...)
 	if err != nil {
 		refuse(dev, fmt.Errorf("loading the restore helper: %w", err))
 		return
@@ -195,6 +212,45 @@ func openResumeStore(dev string, where store.Where) (store.Store, error) {
 		return nil, err
 	}
 	return store.Open(dev, where, false)
+}
+
+// openResumeS3 brings the network up from ip= on the kernel command line
+// (the helpers' kernels have no IP autoconfiguration), reads the
+// credentials from the file the URL names and opens the object. It
+// returns what C needs beside: its network on its command line, the
+// credentials file in its initramfs.
+func openResumeS3(url string) (store.Store, string, []string, error) {
+	loc, err := objstore.ParseURL(url)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	ip := kernelParams()["ip"]
+	if ip == "" {
+		return nil, "", nil, fmt.Errorf("an s3 target needs the network: put ip=CLIENT::GATEWAY:NETMASK::DEVICE:off on the kernel command line")
+	}
+	nc, err := netconf.Parse(ip)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	ifname, err := netconf.Apply(nc, 10*time.Second)
+	if err != nil {
+		return nil, "", nil, fmt.Errorf("the network: %w", err)
+	}
+	console("khib: network up for %s: %s %s, gateway %v", loc.Object(), ifname, nc.Addr, nc.Gateway)
+	creds, err := objstore.LoadCredentials(loc.Creds)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := objstore.Preflight(ctx, loc, creds); err != nil {
+		return nil, "", nil, err
+	}
+	st, err := store.OpenS3(context.Background(), loc, creds)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	return st, " khib.net=" + nc.String(), []string{loc.Creds}, nil
 }
 
 // giveBackSwap puts the swap signature back on the swap area at anchor

@@ -2,10 +2,13 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/hex"
 	"fmt"
 	"github.com/khib/khib/internal/blockmap"
 	"github.com/khib/khib/internal/kexec"
+	"github.com/khib/khib/internal/netconf"
+	"github.com/khib/khib/internal/objstore"
 	"github.com/khib/khib/internal/target"
 	"os"
 	"runtime"
@@ -70,7 +73,9 @@ func save(h *helperEnv, req mailbox.Request) (resp mailbox.Response) {
 	// The device A reserved, by the nonce A wrote there: at its start, or
 	// at the start of the image space of the block map A wrote.
 	var tg store.Store
-	if where.Dir != nil {
+	if where.S3 != "" {
+		tg, err = openS3Target(req, nonce)
+	} else if where.Dir != nil {
 		// A file on a filesystem the helper mounts (dir:): the helper
 		// makes the file and writes the reservation A left in its RAM.
 		tg, err = openDirTarget(*where.Dir, req.Reservation, nonce)
@@ -89,8 +94,14 @@ func save(h *helperEnv, req mailbox.Request) (resp mailbox.Response) {
 		path = dev.Name()
 	}
 	// An encrypted save: the reservation carries the key slots, the
-	// mailbox carried the key (serve took it out).
-	rsv, err := image.FindReservation(tg, nonce)
+	// mailbox carried the key (serve took it out). A store the helper
+	// only writes (an object upload) gets it from A's RAM.
+	var rsv *image.Superblock
+	if where.S3 != "" {
+		rsv, err = reservationInRAM(req.Reservation, nonce)
+	} else {
+		rsv, err = image.FindReservation(tg, nonce)
+	}
 	if err != nil {
 		return fail("save: %s: %v", path, err)
 	}
@@ -144,6 +155,12 @@ func save(h *helperEnv, req mailbox.Request) (resp mailbox.Response) {
 	if err := w.Close(); err != nil {
 		return fail("%s", saveFailure(path, size, err))
 	}
+	if f, ok := tg.(store.Finisher); ok {
+		// An object upload: completing it is what makes the image exist.
+		if err := f.Finish(); err != nil {
+			return fail("save to %s: completing the upload: %v", tg.Name(), err)
+		}
+	}
 	d := time.Since(t0)
 	st := w.Stats()
 	mb := float64(totalRAM(meta.RAM)) / 1e6 // A's RAM processed, saved or skipped as free
@@ -180,6 +197,55 @@ func save(h *helperEnv, req mailbox.Request) (resp mailbox.Response) {
 	}
 	saved = figs["power_off"] == true
 	return mailbox.Response{OK: true, Figures: figs}
+}
+
+// reservationInRAM reads the reservation A left at the physical
+// address rsv.
+func reservationInRAM(rsv uint64, nonce image.Nonce) (*image.Superblock, error) {
+	page, err := kexec.ReadPhys(rsv, image.SuperblockSize)
+	if err != nil {
+		return nil, fmt.Errorf("reading the reservation in A's RAM: %w", err)
+	}
+	sb, err := image.FindReservation(bytes.NewReader(page), nonce)
+	if err != nil {
+		return nil, fmt.Errorf("the reservation in A's RAM is not this request's: %w", err)
+	}
+	return sb, nil
+}
+
+// openS3Target brings up the network as A had it and starts the upload,
+// with the reservation A left in its RAM as the object's first page.
+func openS3Target(req mailbox.Request, nonce image.Nonce) (store.Store, error) {
+	if req.S3 == nil {
+		return nil, fmt.Errorf("an s3 target without its credentials and network in the request")
+	}
+	loc, err := objstore.ParseURL(req.S3.URL)
+	if err != nil {
+		return nil, err
+	}
+	nc, err := netconf.Parse(req.S3.Net)
+	if err != nil {
+		return nil, err
+	}
+	ifname, err := netconf.Apply(nc, 10*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("the network: %w", err)
+	}
+	console("khib-helper: network up: %s %s, gateway %v", ifname, nc.Addr, nc.Gateway)
+	page, err := kexec.ReadPhys(req.Reservation, image.SuperblockSize)
+	if err != nil {
+		return nil, fmt.Errorf("reading the reservation in A's RAM: %w", err)
+	}
+	creds := &objstore.Credentials{AccessKey: req.S3.AccessKey, SecretKey: req.S3.SecretKey, File: "A's " + loc.Creds}
+	st, err := store.CreateS3(context.Background(), loc, creds)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := st.WriteAt(page, 0); err != nil {
+		st.Close()
+		return nil, fmt.Errorf("%s: %w", st.Name(), err)
+	}
+	return st, nil
 }
 
 // openDirTarget mounts a dir: target's filesystem (or starts its FUSE

@@ -1,9 +1,14 @@
 package main
 
 import (
+	"context"
 	"encoding/hex"
 	"github.com/khib/khib/internal/elfdeps"
+	"github.com/khib/khib/internal/netconf"
+	"github.com/khib/khib/internal/objstore"
+	"net"
 	"slices"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -42,6 +47,8 @@ type prepared struct {
 	reservation uint64
 	// extra: files of A's the helper needs (a FUSE program).
 	extra []string
+	// s3: an object store target.
+	s3 *mailbox.S3Target
 }
 
 // prepareTarget checks spec (a device, swap: or file:) and writes the
@@ -60,6 +67,8 @@ func prepareTarget(spec string, nonce image.Nonce, k *saveKey) (*prepared, error
 		return prepareFile(sp.Value, nonce, k)
 	case target.SpecDir:
 		return prepareDir(sp, nonce, k)
+	case target.SpecS3:
+		return prepareS3(sp, nonce, k)
 	case target.SpecSwap:
 		path := sp.Value
 		if strings.Contains(path, "=") {
@@ -320,6 +329,52 @@ func prepareDir(sp target.Spec, nonce image.Nonce, k *saveKey) (*prepared, error
 	p.reservation = ram.phys[0]
 	p.undo = func() error { ram.free(); return nil }
 	return p, nil
+}
+
+// prepareS3 is an object in an S3-compatible store. A checks, before
+// anything else, that the store answers, takes the credentials and has
+// the bucket (each refusal one line), and hands the helper the URL, the
+// credentials and its own network setup.
+func prepareS3(sp target.Spec, nonce image.Nonce, k *saveKey) (*prepared, error) {
+	loc, err := objstore.ParseURL(sp.Value)
+	if err != nil {
+		return nil, err
+	}
+	if loc.Anonymous() {
+		return nil, fmt.Errorf("target %s: an image needs credentials (creds=FILE)", loc.Object())
+	}
+	creds, err := objstore.LoadCredentials(loc.Creds)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := objstore.Preflight(ctx, loc, creds); err != nil && !errors.Is(err, objstore.ErrNotFound) {
+		return nil, err
+	}
+	host, _, err := net.SplitHostPort(loc.Endpoint)
+	if err != nil {
+		host = loc.Endpoint
+	}
+	nc, err := netconf.Route(host)
+	if err != nil {
+		return nil, fmt.Errorf("target %s: %w", loc.Object(), err)
+	}
+	ram, err := newRAMPages(1)
+	if err != nil {
+		return nil, err
+	}
+	if err := reserve(&memWriter{b: ram.page(0)}, nonce, 1<<40, k); err != nil {
+		ram.free()
+		return nil, err
+	}
+	return &prepared{
+		where: store.Where{S3: loc.String()}, resume: loc.String(), dev: loc.Object(),
+		name:        fmt.Sprintf("%s (endpoint %s, through %s %s)", loc.Object(), loc.Endpoint, nc.Device, nc.Addr),
+		reservation: ram.phys[0],
+		s3:          &mailbox.S3Target{URL: loc.String(), AccessKey: creds.AccessKey, SecretKey: creds.SecretKey, Net: nc.String()},
+		undo:        func() error { ram.free(); return nil },
+	}, nil
 }
 
 // swapUUID reads the UUID in the swap header at off on dev (reading an

@@ -17,7 +17,7 @@ import (
 // in a second cpio archive appended to C's initramfs in memory (the
 // kernel unpacks them one after the other), not on C's command line,
 // which /proc/cmdline shows to anyone.
-func LoadRestore(kernelPath string, region kexec.Range, imageUUID, where string, key []byte, extra ...string) (*kexec.HelperPlan, error) {
+func LoadRestore(kernelPath string, region kexec.Range, imageUUID, params string, key []byte, extra ...string) (*kexec.HelperPlan, error) {
 	k, err := OpenKernel(kernelPath)
 	if err != nil {
 		return nil, err
@@ -39,7 +39,7 @@ func LoadRestore(kernelPath string, region kexec.Range, imageUUID, where string,
 	}
 	plan, err := kexec.PlanHelper(kexec.HelperSpec{
 		Kernel: k, Initrd: initrd,
-		Cmdline: HelperCmdline("restore", fmt.Sprintf("khib.image=%s khib.where=%s khib.region=%#x-%#x", imageUUID, where, region.Start, region.End)),
+		Cmdline: HelperCmdline("restore", fmt.Sprintf("khib.image=%s %s khib.region=%#x-%#x", imageUUID, params, region.Start, region.End)),
 		Region:  region, LowWindow: kexec.DefaultLowWindow, ReserveTop: kexec.DefaultReserveTop,
 		Firmware: fw,
 	})

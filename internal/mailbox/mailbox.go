@@ -85,6 +85,18 @@ type Request struct {
 	// of A's RAM that holds the image reservation (its superblock, with
 	// the key slots of an encrypted save) that the helper writes first.
 	Reservation uint64 `json:"reservation,omitempty"`
+	// S3: the image goes to an object store, through the network A has.
+	S3 *S3Target `json:"s3,omitempty"`
+}
+
+// S3Target is an object store target: its URL, the credentials A read
+// from the file the URL names (the helper has no filesystem of A's), and
+// A's network setup in the kernel's ip= form (internal/netconf).
+type S3Target struct {
+	URL       string `json:"url"`
+	AccessKey string `json:"access_key,omitempty"`
+	SecretKey string `json:"secret_key,omitempty"`
+	Net       string `json:"net"`
 }
 
 // SwapMap is where in A's RAM the helper finds what to write to A's swap

@@ -48,11 +48,14 @@ type Where struct {
 	Mapped bool
 	Anchor int64
 	Dir    *target.Spec
+	S3     string // an s3:// URL
 }
 
 // String is the form that goes on a helper's command line.
 func (w Where) String() string {
 	switch {
+	case w.S3 != "":
+		return w.S3
 	case w.Dir != nil:
 		return w.Dir.String()
 	case !w.Mapped:
@@ -65,6 +68,9 @@ func (w Where) String() string {
 func ParseWhere(s string) (Where, error) {
 	if s == "" || s == "device" {
 		return Where{}, nil
+	}
+	if strings.HasPrefix(s, "s3://") {
+		return Where{S3: s}, nil
 	}
 	if strings.HasPrefix(s, target.SpecDir+":") {
 		sp, err := target.ParseSpec(s)

@@ -12,6 +12,7 @@ const (
 	SpecSwap   = "swap"   // free slots of A's active swap area
 	SpecFile   = "file"   // a preallocated file on A's ext4 or xfs
 	SpecDir    = "dir"    // a plain file on a filesystem the helpers mount
+	SpecS3     = "s3"     // an object in an S3-compatible store
 )
 
 // Spec is a target as the user gives it (--target, khib.conf's target)
@@ -27,6 +28,8 @@ const (
 //	dir:fuse:PROG[,ARG...]:/PATH
 //	                      the file PATH in the FUSE filesystem that PROG serves
 //	                      when run as PROG [ARG...] MOUNTPOINT
+//	s3://BUCKET/KEY?endpoint=HOST:PORT&creds=FILE[&tls=0]
+//	                      an object in an S3-compatible store (internal/objstore)
 //
 // The located forms are what A records for stage 1, which cannot look up
 // a path without mounting A's filesystem.
@@ -54,6 +57,10 @@ func (s Spec) FUSE() (prog string, args []string, ok bool) {
 // ParseSpec reads a target spec. It checks the form only; whether the
 // device, file or swap area exists is for the caller to find out.
 func ParseSpec(s string) (Spec, error) {
+	if strings.HasPrefix(s, "s3://") {
+		// Checked in full by internal/objstore.ParseURL.
+		return Spec{Kind: SpecS3, Value: s, Located: true}, nil
+	}
 	kind, v, ok := strings.Cut(s, ":")
 	if ok && kind == SpecDir {
 		return parseDir(s, v)
@@ -120,6 +127,8 @@ func parseDir(s, v string) (Spec, error) {
 // String gives the spec back in ParseSpec's form.
 func (s Spec) String() string {
 	switch {
+	case s.Kind == SpecS3:
+		return s.Value
 	case s.Kind == SpecDir:
 		return "dir:" + s.Value + ":" + s.Path
 	case s.Kind == SpecDevice:

@@ -170,7 +170,7 @@ for c in $(seq 1 @CYCLES@); do
 	khib-workload verify || fail verify-before$c
 	echo "khibvm-swapped-out $(awk '/^SwapTotal/{t=$2} /^SwapFree/{f=$2} END{print t-f}' /proc/meminfo)"
 	echo "khibvm-hibernate-start $c"
-	khib hibernate --target @TARGET@ >/tmp/h.out 2>/tmp/h.err
+	khib hibernate --target '@TARGET@' >/tmp/h.out 2>/tmp/h.err
 	rc=$?
 	echo "khibvm-resumed $c"
 	echo "KHIBVM:hibernate${c}_rc=$rc"
@@ -280,6 +280,9 @@ func cycleRootfs(env *scenario.Env, cycles int, acked bool, tgt *cycleTarget) (s
 			return "", err
 		}
 	}
+	if tgt.rootfs != nil {
+		tgt.rootfs(rfs)
+	}
 	for name, cmd := range map[string]string{"before": env.Before, "after": env.After} {
 		if cmd != "" {
 			rfs.AddFile("/khibvm/"+name+".sh", 0o755, []byte("#!/bin/sh\n"+cmd+"\n"))
@@ -375,7 +378,10 @@ func runCycles(ctx context.Context, env *scenario.Env, run cycleRun) (scenario.R
 		region = env.Region
 		res["region"] = region
 	}
-	base := khibAppend(region)
+	base := khibAppend(region) + tgt.extraAppend
+	if tgt.netdev {
+		cfg.Extra = append(cfg.Extra, "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,mac="+s3MAC)
+	}
 	if run.full {
 		base += " khib.verify=full"
 	}
@@ -479,6 +485,11 @@ func runCycles(ctx context.Context, env *scenario.Env, run cycleRun) (scenario.R
 			return res, checkRefused(ctx, env, cfg, tp, res)
 		}
 
+		if tgt.beforeResume != nil {
+			if err := tgt.beforeResume(env, &cfg, res); err != nil {
+				return res, err
+			}
+		}
 		name := fmt.Sprintf("boot%d", c+1)
 		say("%s: a new QEMU process powers on and resumes", name)
 		m, err = env.Start(ctx, name, cfg)
@@ -559,7 +570,7 @@ func runCycles(ctx context.Context, env *scenario.Env, run cycleRun) (scenario.R
 	if countLines(m, restoreRE) != 0 || countLines(m, tgt.spentRE) != 1 {
 		return res, fmt.Errorf("the boot after the resume did not say that the image was spent (%s)", tgt.spentRE)
 	}
-	if err := fsckClean(dataDisk); err != nil {
+	if err := fsckClean(cfg.Disks[1].Path); err != nil {
 		return res, err
 	}
 	if tgt.finalCheck != nil {

@@ -38,6 +38,15 @@ type cycleTarget struct {
 	extraDisk func(env *scenario.Env) (vm.Disk, error)
 	// hostImage says where the host reads the image (khib image inspect).
 	hostImage func(env *scenario.Env, disks []vm.Disk, resume string) (string, error)
+	// extraAppend goes on every boot's command line.
+	extraAppend string
+	// netdev gives the guest a virtio network card on QEMU's user-mode
+	// network (the host's loopback is 10.0.2.2 there).
+	netdev bool
+	// rootfs adds files to A's root filesystem.
+	rootfs func(rfs *vm.Rootfs)
+	// beforeResume changes the machine of the resume.
+	beforeResume func(env *scenario.Env, cfg *vm.Config, res scenario.Result) error
 	// finalCheck runs on the host once A has powered off for good.
 	finalCheck func(disks []vm.Disk) error
 	// checkImage checks the hibernation's console further.
