@@ -236,7 +236,13 @@ func openResumeS3(url string) (store.Store, string, []string, error) {
 	if err != nil {
 		return nil, "", nil, fmt.Errorf("the network: %w", err)
 	}
-	console("khib: network up for %s: %s %s, gateway %v", loc.Object(), ifname, nc.Addr, nc.Gateway)
+	console("khib: network up for %s: %s %s, %s", loc.Object(), ifname, nc.Addr, gatewayText(nc))
+	ok := false
+	defer func() {
+		if !ok {
+			netconf.Remove(nc)
+		}
+	}()
 	creds, err := objstore.LoadCredentials(loc.Creds)
 	if err != nil {
 		return nil, "", nil, err
@@ -250,7 +256,23 @@ func openResumeS3(url string) (store.Store, string, []string, error) {
 	if err != nil {
 		return nil, "", nil, err
 	}
-	return st, " khib.net=" + nc.String(), []string{loc.Creds}, nil
+	ok = true
+	return &netStore{Store: st, nc: nc}, " khib.net=" + nc.String(), []string{loc.Creds}, nil
+}
+
+// netStore takes the network stage 1 brought up down again when it is
+// closed: a stage 1 that does not resume leaves the interface as it was.
+type netStore struct {
+	store.Store
+	nc netconf.Config
+}
+
+func (n *netStore) Close() error {
+	err := n.Store.Close()
+	if rerr := netconf.Remove(n.nc); rerr != nil {
+		console("khib: taking the network down again: %v", rerr)
+	}
+	return err
 }
 
 // giveBackSwap puts the swap signature back on the swap area at anchor
@@ -317,4 +339,12 @@ func orNone(s string) string {
 		return "(not recorded)"
 	}
 	return s
+}
+
+// gatewayText says how a network setup reaches beyond its link.
+func gatewayText(nc netconf.Config) string {
+	if !nc.Gateway.IsValid() {
+		return "no gateway (the endpoint is on the link)"
+	}
+	return "gateway " + nc.Gateway.String()
 }

@@ -231,7 +231,7 @@ func openS3Target(req mailbox.Request, nonce image.Nonce) (store.Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("the network: %w", err)
 	}
-	console("khib-helper: network up: %s %s, gateway %v", ifname, nc.Addr, nc.Gateway)
+	console("khib-helper: network up: %s %s, %s", ifname, nc.Addr, gatewayText(nc))
 	page, err := kexec.ReadPhys(req.Reservation, image.SuperblockSize)
 	if err != nil {
 		return nil, fmt.Errorf("reading the reservation in A's RAM: %w", err)

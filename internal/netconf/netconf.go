@@ -215,6 +215,36 @@ func Apply(c Config, timeout time.Duration) (string, error) {
 	return ifi.Name, nil
 }
 
+// Remove undoes Apply: it takes c's address off the interface (its
+// routes go with it) and brings the interface down, so that a system
+// booting on finds it as its firmware left it.
+func Remove(c Config) error {
+	ifi := find(c)
+	if ifi == nil {
+		return nil
+	}
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("netlink: %w", err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return fmt.Errorf("netlink: %w", err)
+	}
+	a4 := c.Addr.Addr().As4()
+	am := []byte{unix.AF_INET, byte(c.Addr.Bits()), 0, unix.RT_SCOPE_UNIVERSE, 0, 0, 0, 0}
+	binary.LittleEndian.PutUint32(am[4:], uint32(ifi.Index))
+	am = append(am, attr(unix.IFA_LOCAL, a4[:])...)
+	if err := request(fd, unix.RTM_DELADDR, 0, am); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+		return fmt.Errorf("removing %s from %s: %w", c.Addr, ifi.Name, err)
+	}
+	down := make([]byte, unix.SizeofIfInfomsg)
+	down[0] = unix.AF_UNSPEC
+	binary.LittleEndian.PutUint32(down[4:], uint32(ifi.Index))
+	binary.LittleEndian.PutUint32(down[12:], unix.IFF_UP) // change: flags stay 0
+	return request(fd, unix.RTM_NEWLINK, 0, down)
+}
+
 func find(c Config) *net.Interface {
 	all, err := net.Interfaces()
 	if err != nil {
