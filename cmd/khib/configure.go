@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/khib/khib/internal/target"
 	"os"
 	"os/exec"
 
@@ -62,8 +63,14 @@ func cmdConfigure(args []string) int {
 		return fail("configure: must run as root")
 	}
 	cfg := &config.Config{Target: *spec, HelperKernel: *kernel, Codec: *codec}
-	dev, stable, err := checkTargetSpec(*spec)
-	if err != nil {
+	var dev, stable string
+	var err error
+	if sp, perr := target.ParseSpec(*spec); perr == nil && sp.Kind != target.SpecDevice {
+		dev, stable = *spec, *spec
+		if cfg.Resume, err = configureTarget(sp); err != nil {
+			return fail("configure: %v", err)
+		}
+	} else if dev, stable, err = checkTargetSpec(*spec); err != nil {
 		return fail("configure: %v", err)
 	}
 	if stable != *spec {
@@ -87,6 +94,31 @@ func cmdConfigure(args []string) int {
 		return 0
 	}
 	return updateInitramfs()
+}
+
+// configureTarget checks a swap:, file:, dir: or s3:// target the way
+// khib prepare does (making a file target's file) and returns what stage
+// 1 needs in the configuration's resume key, if the target itself will
+// not do. Targets that the initramfs cannot reach yet are refused.
+func configureTarget(sp target.Spec) (string, error) {
+	switch sp.Kind {
+	case target.SpecS3:
+		return "", fmt.Errorf("%s: the initramfs does not bring up the network or carry credentials yet, so stage 1 could not resume from an object store; hibernate to it with khib hibernate --target, and resume with khib.resume= and ip= where khib is init", sp)
+	case target.SpecDir:
+		if _, _, ok := sp.FUSE(); ok {
+			return "", fmt.Errorf("%s: the initramfs does not carry FUSE programs yet; use a partition, swap:, file: or dir:DEV:/PATH", sp)
+		}
+		return "", nil
+	}
+	var res prepareResult
+	if err := prepareOnly(sp, 0, &res); err != nil {
+		return "", err
+	}
+	if res.Resume == sp.String() {
+		return "", nil
+	}
+	fmt.Printf("khib: stage 1 finds %s as %s\n", sp, res.Resume)
+	return res.Resume, nil
 }
 
 // checkTargetSpec resolves spec and applies hibernate's target checks. It

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"github.com/khib/khib/internal/blockmap"
 	"github.com/khib/khib/internal/kexec"
@@ -14,6 +15,7 @@ import (
 	"runtime"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -140,7 +142,7 @@ func save(h *helperEnv, req mailbox.Request) (resp mailbox.Response) {
 		Codec: req.Codec, Workers: runtime.NumCPU(), Sync: tg.Sync, Meta: meta, Nonce: nonce, Encryption: enc,
 	})
 	if err != nil {
-		return fail("%s", saveFailure(path, size, err))
+		return fail("%s", targetFailure(tg, path, size, err))
 	}
 	free := freePages(core, req)
 	var nfree uint64
@@ -150,10 +152,10 @@ func save(h *helperEnv, req mailbox.Request) (resp mailbox.Response) {
 	w.SetNote("free_pages", strconv.FormatUint(nfree, 10))
 	if err := streamCore(core, w, totalRAM(meta.RAM), free); err != nil {
 		w.Close()
-		return fail("%s", saveFailure(path, size, err))
+		return fail("%s", targetFailure(tg, path, size, err))
 	}
 	if err := w.Close(); err != nil {
-		return fail("%s", saveFailure(path, size, err))
+		return fail("%s", targetFailure(tg, path, size, err))
 	}
 	if f, ok := tg.(store.Finisher); ok {
 		// An object upload: completing it is what makes the image exist.
@@ -197,6 +199,31 @@ func save(h *helperEnv, req mailbox.Request) (resp mailbox.Response) {
 	}
 	saved = figs["power_off"] == true
 	return mailbox.Response{OK: true, Figures: figs}
+}
+
+// targetFailure is saveFailure, in the words of the kind of target for
+// an image that did not fit: what there was, and what to do.
+func targetFailure(tg store.Store, path string, size int64, err error) string {
+	var ts *image.TooSmallError
+	if !errors.As(err, &ts) || tg.Kind() == "device" {
+		return saveFailure(path, size, err)
+	}
+	what, todo := "", ""
+	switch tg.Kind() {
+	case "swap":
+		what, todo = "free swap slots", "free some swap, use a larger swap area, or another target"
+	case "file":
+		what, todo = "room in the image file", "make the file larger (remove it, khib prepare --size)"
+	case "dir":
+		what, todo = "free space on the filesystem", "free some space there, or use another target"
+	default:
+		what, todo = "room", "use another target"
+	}
+	msg := strings.TrimPrefix(ts.Error(), "image: ")
+	if _, after, ok := strings.Cut(msg, "; "); ok {
+		msg = after
+	}
+	return fmt.Sprintf("save to %s: not enough %s: %d MiB; %s; %s", tg.Name(), what, ts.Capacity>>20, msg, todo)
 }
 
 // reservationInRAM reads the reservation A left at the physical

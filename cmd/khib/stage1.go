@@ -112,6 +112,9 @@ func stage1Spec(params map[string]string, cfg *config.Config, cfgPath string) (s
 	case ok && v != "":
 		return v, ""
 	}
+	if cfg != nil && cfg.Resume != "" {
+		return cfg.Resume, ""
+	}
 	if cfg != nil && cfg.Target != "" {
 		return cfg.Target, ""
 	}

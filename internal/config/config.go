@@ -13,6 +13,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/khib/khib/internal/target"
 	"io"
 	"os"
 	"path/filepath"
@@ -49,6 +50,10 @@ type Config struct {
 	// --encrypt does; stage 1 asks on the console) or "tpm" (the key
 	// sealed to this machine's TPM, as --tpm does; stage 1 asks nobody).
 	Encrypt string
+	// Resume is where stage 1 finds a target that Target names by a
+	// path it cannot look up without mounting this system's filesystem
+	// (file:DEV@OFFSET, swap:DEV@OFFSET); khib configure writes it.
+	Resume string
 }
 
 // Encrypts are the values encrypt may take.
@@ -125,10 +130,19 @@ func Parse(r io.Reader, name string) (*Config, error) {
 			if v == "" {
 				return nil, bad("target is empty; give UUID=..., PARTUUID=..., LABEL=..., PARTLABEL=... or a /dev path")
 			}
-			if _, _, err := ParseSpec(v); err != nil {
+			if err := checkTarget(v); err != nil {
 				return nil, bad("target: %v", err)
 			}
 			c.Target = v
+		case "resume":
+			sp, err := target.ParseSpec(v)
+			if err != nil {
+				return nil, bad("resume: %v", err)
+			}
+			if !sp.Located {
+				return nil, bad("resume %q names a path; stage 1 needs DEV@OFFSET (khib configure writes it)", clip(v))
+			}
+			c.Resume = v
 		case "helper_kernel":
 			if !filepath.IsAbs(v) {
 				return nil, bad("helper_kernel %q is not an absolute path", clip(v))
@@ -147,13 +161,26 @@ func Parse(r io.Reader, name string) (*Config, error) {
 		case "":
 			return nil, bad("a line starts with '=' and names no key")
 		default:
-			return nil, bad("unknown key %q (known: target, helper_kernel, codec, encrypt)", clip(k))
+			return nil, bad("unknown key %q (known: target, resume, helper_kernel, codec, encrypt)", clip(k))
 		}
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("reading %s: %w", name, err)
 	}
 	return c, nil
+}
+
+// checkTarget checks a target spec's form: a device spec, or swap:,
+// file:, dir: or s3:// (internal/target).
+func checkTarget(v string) error {
+	sp, err := target.ParseSpec(v)
+	if err != nil {
+		return err
+	}
+	if sp.Kind == target.SpecDevice {
+		_, _, err = ParseSpec(v)
+	}
+	return err
 }
 
 func validCodec(s string) bool {
@@ -175,6 +202,9 @@ func (c *Config) Marshal() []byte {
 		"# update-initramfs -u. It is removed with the package (dpkg -r khib).\n")
 	if c.Target != "" {
 		fmt.Fprintf(&b, "target = %s\n", c.Target)
+	}
+	if c.Resume != "" {
+		fmt.Fprintf(&b, "resume = %s\n", c.Resume)
 	}
 	if c.HelperKernel != "" {
 		fmt.Fprintf(&b, "helper_kernel = %s\n", c.HelperKernel)

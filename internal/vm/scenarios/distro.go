@@ -428,7 +428,17 @@ func init() {
 			"one journal boot with the sleep hooks, data and connection intact, system running; the next boot is normal, fsck clean",
 		Timeout: 30 * time.Minute,
 		Run: func(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
-			return distroCycle(ctx, env, false)
+			return distroCycle(ctx, env, false, "")
+		},
+	})
+	scenario.Register(scenario.Scenario{
+		Name: "distro-swap",
+		Description: "distro-cycle with the image in the guest's swap partition, in use (khib configure --target swap:PARTUUID=…): " +
+			"`systemctl hibernate` saves into its free slots, the initramfs resumes from it, and the swap partition is " +
+			"swapped to again, by the resumed system and by the next boot's systemd",
+		Timeout: 30 * time.Minute,
+		Run: func(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
+			return distroCycle(ctx, env, false, "swap")
 		},
 	})
 	scenario.Register(scenario.Scenario{
@@ -438,13 +448,17 @@ func init() {
 			"next boot says the image was used and goes on to multi-user, with nothing of A restored",
 		Timeout: 30 * time.Minute,
 		Run: func(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
-			return distroCycle(ctx, env, true)
+			return distroCycle(ctx, env, true, "")
 		},
 	})
 }
 
-// distroCycle is distro-cycle, or with corrupt distro-refusal.
-func distroCycle(ctx context.Context, env *scenario.Env, corrupt bool) (scenario.Result, error) {
+// swapPartition is the guest disk's swap partition.
+const swapPartition = 2
+
+// distroCycle is distro-cycle, or with corrupt distro-refusal; with
+// tgt "swap" the image goes into the swap partition (distro-swap).
+func distroCycle(ctx context.Context, env *scenario.Env, corrupt bool, tgt string) (scenario.Result, error) {
 	res := scenario.Result{}
 	g, err := newDistroGuest(ctx, env)
 	if err != nil {
@@ -484,6 +498,14 @@ func distroCycle(ctx context.Context, env *scenario.Env, corrupt bool) (scenario
 		}
 	}
 	res["check_passed"] = strings.Join(passed, " ")
+	if tgt == "swap" {
+		spec := fmt.Sprintf("swap:PARTUUID=%08x-%02d", g.sig, swapPartition)
+		out, err := g.sh(ctx, "swapon --show=NAME --noheadings && khib configure --target "+spec+" && grep '^resume' /etc/khib.conf")
+		if err != nil {
+			return res, fmt.Errorf("khib configure --target %s: %w", spec, err)
+		}
+		res["target"], res["configured"] = spec, lastLines(out, 3)
+	}
 	if _, err := g.sh(ctx, "systemctl is-active khib-arm.service"); err != nil {
 		return res, fmt.Errorf("khib-arm.service did not park the helper: %w", err)
 	}
@@ -513,7 +535,14 @@ func distroCycle(ctx context.Context, env *scenario.Env, corrupt bool) (scenario
 		return res, fmt.Errorf("after systemctl hibernate: %w", err)
 	}
 	res["hibernate_s"] = scenario.Round3(time.Since(t0).Seconds())
-	if ins, err := inspectPartition(env, g.disk, g.parts[imagePartition-1]); err != nil {
+	if tgt == "swap" {
+		ins, err := inspectPartition(env, g.disk, g.parts[swapPartition-1], "swap:%s@0")
+		if err != nil {
+			return res, fmt.Errorf("no complete image in the swap partition after systemctl hibernate: %w", err)
+		}
+		res["image_mib"] = scenario.Round3(float64(ins.ImageBytes) / (1 << 20))
+		res["image_state"] = ins.State
+	} else if ins, err := inspectPartition(env, g.disk, g.parts[imagePartition-1], ""); err != nil {
 		return res, fmt.Errorf("no complete image after systemctl hibernate: %w", err)
 	} else {
 		res["image_mib"] = scenario.Round3(float64(ins.ImageBytes) / (1 << 20))
@@ -585,6 +614,15 @@ func distroCycle(ctx context.Context, env *scenario.Env, corrupt bool) (scenario
 	}
 	hooks, _ := g.sh(ctx, "cat /var/lib/khib-vm-hook.log")
 	res["hooks"] = hooks
+	if tgt == "swap" {
+		// The resumed system swaps to it as before, and its signature is
+		// back (C gave it back), so a swapoff and swapon work.
+		sw, err := g.sh(ctx, "swapon --show=NAME --noheadings && swapoff -a && swapon -a && swapon --show=NAME --noheadings | wc -l")
+		if err != nil || !strings.HasSuffix(sw, "1") {
+			return res, fmt.Errorf("after the resume, the swap partition is not usable again: %q %v", sw, err)
+		}
+		res["swap_after_resume"] = "swapoff -a && swapon -a: ok"
+	}
 	res["journal_tail"] = lastLines(j, 5)
 
 	// The next boot is normal, and the root is clean.
@@ -606,6 +644,12 @@ func distroCycle(ctx context.Context, env *scenario.Env, corrupt bool) (scenario
 	}
 	if st, _ := g.sh(ctx, "systemctl is-system-running --wait || true"); st != "running" {
 		return res, fmt.Errorf("the next boot: systemctl is-system-running says %q", st)
+	}
+	if tgt == "swap" {
+		if n, _ := g.sh(ctx, "swapon --show=NAME --noheadings | wc -l"); n != "1" {
+			return res, fmt.Errorf("the next boot: systemd did not swap to the swap partition (%q active)", n)
+		}
+		res["next_boot_swap"] = "active"
 	}
 	res["next_boot"] = "normal"
 	return res, g.poweroff(ctx)
@@ -680,13 +724,18 @@ func distroRefused(ctx context.Context, g *distroGuest, res scenario.Result, bef
 
 // inspectPartition runs khib image inspect on the image partition of a
 // disk, copied out.
-func inspectPartition(env *scenario.Env, disk string, p partition) (*inspection, error) {
+// inspectPartition copies partition p out of disk and inspects the image
+// in it; with form (e.g. "swap:%s@0") the copy's path is put into it.
+func inspectPartition(env *scenario.Env, disk string, p partition, form string) (*inspection, error) {
 	img := env.Path("image.part")
 	defer os.Remove(img)
 	cmd := exec.Command("dd", "if="+disk, "of="+img, "bs=1M", "iflag=skip_bytes,count_bytes",
 		"skip="+strconv.FormatInt(p.Start, 10), "count="+strconv.FormatInt(p.Size, 10), "conv=sparse", "status=none")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("copying the image partition: %v: %s", err, out)
+	}
+	if form != "" {
+		return inspectImage(env, fmt.Sprintf(form, img))
 	}
 	return inspectImage(env, img)
 }
