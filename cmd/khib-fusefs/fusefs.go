@@ -82,6 +82,18 @@ func (r *rootNode) errno(op string, err error) syscall.Errno {
 	return syscall.EIO
 }
 
+// errno is rootNode.errno for an operation on n's file, named in the log.
+func (n *fileNode) errno(op string, err error) syscall.Errno {
+	if err == nil {
+		return 0
+	}
+	var e syscall.Errno
+	if errors.As(err, &e) {
+		return e
+	}
+	return n.root.errno(op+" "+n.root.st.stat(n.f).name, err)
+}
+
 func (r *rootNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	out.Mode = syscall.S_IFDIR | 0o755
 	out.Nlink = 2
@@ -212,7 +224,7 @@ func (n *fileNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAt
 			return syscall.EFBIG
 		}
 		if err := st.truncate(n.f, int64(size)); err != nil {
-			return n.root.errno("truncate "+n.f.name, err)
+			return n.errno("truncate", err)
 		}
 	}
 	var mode *uint32
@@ -225,7 +237,7 @@ func (n *fileNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAt
 	}
 	if mode != nil || mtime != nil {
 		if err := st.setattr(n.f, mode, mtime); err != nil {
-			return n.root.errno("setattr", err)
+			return n.errno("setattr", err)
 		}
 	}
 	// An atime is accepted and forgotten.
@@ -239,7 +251,7 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	// it sends a SETATTR of size 0 first.
 	if flags&syscall.O_TRUNC != 0 {
 		if err := st.truncate(n.f, 0); err != nil {
-			return nil, 0, n.root.errno("truncate "+n.f.name, err)
+			return nil, 0, n.errno("truncate", err)
 		}
 	}
 	st.open(n.f)
@@ -254,7 +266,7 @@ func (n *fileNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errn
 func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	n, err := h.node.root.st.readAt(h.node.f, dest, off)
 	if err != nil && err != io.EOF {
-		return nil, h.node.root.errno("read "+h.node.f.name, err)
+		return nil, h.node.errno("read", err)
 	}
 	return fuse.ReadResultData(dest[:n]), 0
 }
@@ -262,7 +274,7 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	n, err := h.node.root.st.writeAt(h.node.f, data, off)
 	if err != nil {
-		return uint32(n), h.node.root.errno("write "+h.node.f.name, err)
+		return uint32(n), h.node.errno("write", err)
 	}
 	return uint32(n), 0
 }
@@ -272,13 +284,13 @@ func (h *handle) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
 }
 
 func (h *handle) Flush(ctx context.Context) syscall.Errno {
-	return h.node.root.errno("flush", h.node.root.st.commit())
+	return h.node.errno("flush", h.node.root.st.commit())
 }
 
 func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
-	return h.node.root.errno("fsync", h.node.root.st.fsync())
+	return h.node.errno("fsync", h.node.root.st.fsync())
 }
 
 func (h *handle) Release(ctx context.Context) syscall.Errno {
-	return h.node.root.errno("release", h.node.root.st.release(h.node.f))
+	return h.node.errno("release", h.node.root.st.release(h.node.f))
 }

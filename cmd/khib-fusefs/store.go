@@ -292,6 +292,13 @@ func (s *store) create(name string, mode uint32, open bool) (*file, error) {
 	s.files = append(s.files, f)
 	s.dirty = true
 	if err := s.commitLocked(false); err != nil {
+		// Undo, so that the name stays free; the table stays dirty and
+		// the next commit tries again.
+		s.files = remove(s.files, f)
+		if from != nil {
+			from.capacity += capacity
+		}
+		s.dirty = true
 		return nil, err
 	}
 	return f, nil

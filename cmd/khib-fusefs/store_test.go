@@ -681,3 +681,69 @@ func TestScanDevices(t *testing.T) {
 		})
 	}
 }
+
+// failingDev fails every write and sync while fail is set.
+type failingDev struct {
+	device
+	fail atomic.Bool
+}
+
+var errDevice = errors.New("device on fire")
+
+func (d *failingDev) WriteAt(p []byte, off int64) (int, error) {
+	if d.fail.Load() {
+		return 0, errDevice
+	}
+	return d.device.WriteAt(p, off)
+}
+
+func (d *failingDev) Sync() error {
+	if d.fail.Load() {
+		return errDevice
+	}
+	return d.device.Sync()
+}
+
+func TestDeviceErrors(t *testing.T) {
+	e := newEnv(t, 8*mib)
+	dev := &failingDev{device: e.dev}
+	st, err := openStore(dev, e.size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := st.create("a", 0o600, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev.fail.Store(true)
+	var errno syscall.Errno
+	if _, err := st.create("b", 0o600, false); !errors.Is(err, errDevice) || errors.As(err, &errno) {
+		t.Fatalf("create on a failing device: %v, want the device's error", err)
+	}
+	if _, err := st.writeAt(a, []byte("x"), 0); !errors.Is(err, errDevice) {
+		t.Fatalf("write on a failing device: %v", err)
+	}
+	if err := st.fsync(); !errors.Is(err, errDevice) {
+		t.Fatalf("fsync on a failing device: %v", err)
+	}
+	dev.fail.Store(false)
+	if st.lookup("b") != nil {
+		t.Fatal("a failed create left its file")
+	}
+	if _, err := st.create("b", 0o600, false); err != nil {
+		t.Fatalf("create after the device recovered: %v", err)
+	}
+	e.reopen()
+	if len(e.st.list()) != 2 {
+		t.Fatalf("files %v, want a and b", e.st.list())
+	}
+	// The FUSE layer answers EIO for device errors, and the errno itself
+	// for the rest.
+	r := newRoot(st, nil)
+	if got := r.errno("x", fmt.Errorf("wrapped: %w", errDevice)); got != syscall.EIO {
+		t.Fatalf("errno of a device error = %v", got)
+	}
+	if got := r.errno("x", syscall.ENOSPC); got != syscall.ENOSPC {
+		t.Fatalf("errno of ENOSPC = %v", got)
+	}
+}

@@ -42,7 +42,7 @@ Options:
 
 func cmdConfigure(args []string) int {
 	fs := flag.NewFlagSet("configure", flag.ContinueOnError)
-	spec := fs.String("target", "", "the device for images (required): /dev path, PARTUUID=, PARTLABEL=, UUID=, LABEL=")
+	spec := fs.String("target", "", "where images go (required): a device (/dev path, PARTUUID=, PARTLABEL=, UUID=, LABEL=),\nswap:PATH, file:PATH or dir:DEV:/PATH (khib hibernate --help)")
 	codec := fs.String("codec", "s2", "image compression: s2 (fast), zstd (smaller), none")
 	kernel := fs.String("helper-kernel", config.DefaultHelperKernel, "the helper kernel (bzImage)")
 	path := fs.String("config", config.Path, "the file to write")

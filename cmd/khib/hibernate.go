@@ -24,12 +24,29 @@ const hibernateHelp = `Usage: khib hibernate [--target SPEC] [--codec s2|zstd|no
 Hibernate this system: jump into khib's helper kernel, which saves this
 system's memory as a verified image on the target and powers the machine off.
 
-The target is a raw block device (a partition or a whole disk) that this
-system does not use: khib refuses one that is mounted, used as swap, or held
-by another device. Whatever it held before is overwritten. SPEC is a /dev
-path or UUID=, PARTUUID=, LABEL=, PARTLABEL=; without --target, khib takes
-target (and codec and helper_kernel, unless given) from /etc/khib.conf,
-which khib configure writes.
+SPEC says where the image goes (docs/targets.md):
+
+  /dev/vdb1, PARTUUID=..., PARTLABEL=...   a partition or disk this system
+      does not use: khib refuses one that is mounted, used as swap, or held
+      by another device. Whatever it held before is overwritten.
+  swap:/dev/vda2, swap:/swapfile   this system's active swap area, in use:
+      the image goes into its free slots, which khib reserves first, so
+      that every page this system swapped out stays where it is.
+  file:/var/lib/khib/image   a file on this system's ext2/3/4 or xfs
+      filesystem, made once by khib prepare (or here, the first time),
+      written on the raw device by the helper, which never mounts it.
+  dir:UUID=4B48-4942:/khib/image   a file on a filesystem this system has
+      not mounted (a USB stick with vfat or ext4), which the helper mounts;
+      dir:fuse:PROGRAM[,ARG...]:/PATH in the FUSE filesystem PROGRAM serves.
+  s3://BUCKET/KEY?endpoint=HOST:PORT&creds=FILE[&tls=0]   an object in an
+      S3-compatible store, reached through this system's network; the
+      credentials come from FILE (mode 0600).
+
+Without --target, khib takes target (and codec and helper_kernel, unless
+given) from /etc/khib.conf, which khib configure writes. --return and
+--bench take a device only (a swap image lasts only while this system is
+stopped, and the others are not done yet). --json reports in "resume"
+where the next boot finds the image (khib.resume=).
 
 --systemd is what systemd-hibernate.service runs in place of
 'systemd-sleep hibernate' once khib's package is installed, so that
@@ -107,7 +124,7 @@ type hibernateResult struct {
 
 func cmdHibernate(args []string) int {
 	fs := flag.NewFlagSet("hibernate", flag.ContinueOnError)
-	spec := fs.String("target", "", "the block device for the image: a /dev path, UUID=, PARTUUID=, LABEL= or PARTLABEL=\n(default: target in /etc/khib.conf)")
+	spec := fs.String("target", "", "where the image goes: a device (/dev path, PARTUUID=, PARTLABEL=), swap:PATH, file:PATH,\ndir:DEV:/PATH, dir:fuse:PROG:/PATH or s3://BUCKET/KEY?... (default: target in /etc/khib.conf)")
 	codec := fs.String("codec", "s2", "compression: s2 (fast), zstd (smaller), none (default: codec in /etc/khib.conf, else s2)")
 	systemdMode := fs.Bool("systemd", false, "run as systemd-hibernate.service: system-sleep hooks around, journal lines, no --return")
 	ret := fs.Bool("return", false, "after saving, jump back instead of powering off (snapshot and go on)")
@@ -191,7 +208,7 @@ func cmdHibernate(args []string) int {
 		fmt.Fprintf(os.Stderr, "khib hibernate: --target: %v\n", err)
 		return 2
 	} else if sp.Kind != target.SpecDevice && (*ret || *bench) {
-		fmt.Fprintf(os.Stderr, "khib hibernate: --return and --bench need a device target: a %s target holds the image only until this system runs on\n", sp.Kind)
+		fmt.Fprintf(os.Stderr, "khib hibernate: --return and --bench need a device target, not %s (a swap image lasts only while this system is stopped)\n", sp.Kind)
 		return 2
 	}
 	dev := *spec
