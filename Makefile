@@ -15,9 +15,10 @@ STATIC  := CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w"
 VM_TESTS := check-refusals roundtrip:--smp,1 roundtrip:--smp,2 hibernate hibernate-too-small hibernate-write-error hibernate-no-device \
             hibernate-lying-device hibernate-disk-vanishes \
             cycle cycle:--smp,2 cycle:--region,128M cycle-loopback cycle-armed soak:--cycles,3 resume-corrupt resume-corrupt-restore resume-corrupt-kinds resume-foreign \
-            corrupt-images powercut-save powercut-resume resume-fs-changed hybrid-wake hybrid-powerloss cycle-encrypted
+            corrupt-images powercut-save powercut-resume resume-fs-changed hybrid-wake hybrid-powerloss cycle-encrypted \
+            cycle-swap cycle-file cycle-vfat cycle-fuse cycle-s3 migrate-s3 target-refusals
 # On the Debian guest (GRUB, initramfs, systemd, the distro kernel, khib from its .deb).
-DISTRO_TESTS := distro-cycle distro-cycle:--smp,2 distro-refusal distro-filter distro-remove cycle-tpm
+DISTRO_TESTS := distro-cycle distro-cycle:--smp,2 distro-refusal distro-filter distro-remove cycle-tpm distro-swap
 
 .PHONY: soak all deps kernel kernel-distro guest-image deb test-distro bins demo test test-unit test-vm lint fuzz bench bench-save bench-hibernate clean
 

@@ -161,7 +161,89 @@ var vfatTarget = &cycleTarget{
 	},
 }
 
+// fuseTarget: the image is a file in the FUSE filesystem of khib-fusefs
+// (go-fuse), which keeps its files on a raw disk (vdc): the helper runs
+// the program from its initramfs, where khib hibernate put it; stage 1
+// runs A's copy and puts it into C's initramfs.
+var fuseTarget = &cycleTarget{
+	name:  "fuse",
+	guest: "dir:fuse:/usr/lib/khib/khib-fusefs,--store,scan:/image.khib", resume: "dir:fuse:/usr/lib/khib/khib-fusefs,--store,scan:/image.khib",
+	workload:  256,
+	firstBoot: regexp.MustCompile(`^khib: no hibernation image on dir:fuse:.*no such file`),
+	spentRE:   usedRE,
+	rootfs: func(rfs *vm.Rootfs) {
+		rfs.AddDir("/usr/lib/khib", 0o755)
+	},
+	extraDisk: func(env *scenario.Env) (vm.Disk, error) {
+		p, err := env.NewDisk("fusestore.img", 1024)
+		if err != nil {
+			return vm.Disk{}, err
+		}
+		bin, err := env.Bin("khib-fusefs")
+		if err != nil {
+			return vm.Disk{}, err
+		}
+		if out, err := exec.Command(bin, "--format", p).CombinedOutput(); err != nil {
+			return vm.Disk{}, fmt.Errorf("khib-fusefs --format: %v\n%s", err, out)
+		}
+		return vm.Disk{Path: p}, nil
+	},
+	hostImage: func(env *scenario.Env, disks []vm.Disk, _ string) (string, error) {
+		bin, err := env.Bin("khib-fusefs")
+		if err != nil {
+			return "", err
+		}
+		out, err := exec.Command(bin, "--list", disks[2].Path).CombinedOutput()
+		if err != nil {
+			return "", fmt.Errorf("khib-fusefs --list: %v\n%s", err, out)
+		}
+		for _, l := range strings.Split(string(out), "\n") {
+			f := strings.Fields(l)
+			if len(f) >= 4 && f[0] == "image.khib" {
+				var size, start int64
+				fmt.Sscan(f[1], &size)
+				fmt.Sscan(f[2], &start)
+				img := env.Path("image-from-fuse.khib")
+				dd := exec.Command("dd", "if="+disks[2].Path, "of="+img, "bs=1M", "iflag=skip_bytes,count_bytes",
+					fmt.Sprintf("skip=%d", start), fmt.Sprintf("count=%d", size), "status=none")
+				if b, err := dd.CombinedOutput(); err != nil {
+					return "", fmt.Errorf("dd: %v\n%s", err, b)
+				}
+				return img, nil
+			}
+		}
+		return "", fmt.Errorf("no image.khib on the FUSE store: %s", out)
+	},
+	checkImage: func(m *vm.Machine, res scenario.Result) error {
+		if lastLine(m, `^khib-helper: saving A .* to /image.khib in the FUSE filesystem of khib-fusefs`) == "" {
+			return fmt.Errorf("the helper did not save through khib-fusefs")
+		}
+		return nil
+	},
+}
+
 func init() {
+	scenario.Register(scenario.Scenario{
+		Name: "cycle-fuse",
+		Description: "cycle through a FUSE filesystem that the helpers run: khib-fusefs (go-fuse) keeps its files on a raw " +
+			"disk; khib hibernate carries the program into the helper's initramfs, the helper mounts it and writes the image " +
+			"as a plain file, stage 1 runs it to read the image and carries it into the restore helper",
+		Timeout: 20 * time.Minute,
+		Run: func(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
+			bin, err := env.Bin("khib-fusefs")
+			if err != nil {
+				return nil, err
+			}
+			t := *fuseTarget
+			t.rootfs = func(rfs *vm.Rootfs) {
+				rfs.AddDir("/usr/lib/khib", 0o755)
+				if err := rfs.AddHostFile("/usr/lib/khib/khib-fusefs", bin); err != nil {
+					env.Logf("adding khib-fusefs: %v", err)
+				}
+			}
+			return runCycles(ctx, env, cycleRun{cycles: 1, tgt: &t})
+		},
+	})
 	scenario.Register(scenario.Scenario{
 		Name: "cycle-vfat",
 		Description: "cycle onto a vfat disk (a USB stick) that A does not mount: the helper mounts it and writes the image " +
