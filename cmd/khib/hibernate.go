@@ -207,6 +207,9 @@ func cmdHibernate(args []string) int {
 	if sp, err := target.ParseSpec(*spec); err != nil {
 		fmt.Fprintf(os.Stderr, "khib hibernate: --target: %v\n", err)
 		return 2
+	} else if sp.Kind == target.SpecS3 && thenSuspend {
+		fmt.Fprintln(os.Stderr, "khib hibernate: --then suspend needs a target the helper can mark used after a wake; an s3 target cannot be marked from the helper yet")
+		return 2
 	} else if sp.Kind != target.SpecDevice && (*ret || *bench) {
 		fmt.Fprintf(os.Stderr, "khib hibernate: --return and --bench need a device target, not %s (a swap image lasts only while this system is stopped)\n", sp.Kind)
 		return 2

@@ -147,9 +147,6 @@ func prepareFile(path string, nonce image.Nonce, k *saveKey) (*prepared, error) 
 			}
 		}
 	}
-	if err := checkUnmappedDevice(fi.Dev); err != nil {
-		return nil, err
-	}
 	// The first block is the anchor; the map and the image follow.
 	first := fi.Extents[0]
 	rest := append([]blockmap.Extent{{Off: first.Off + blockmap.PageSize, Len: first.Len - blockmap.PageSize}}, fi.Extents[1:]...)
@@ -469,16 +466,6 @@ func writeMapped(dev string, m *blockmap.Map, held bool, nonce image.Nonce, k *s
 		return nil, fmt.Errorf("syncing %s: %w", dev, err)
 	}
 	return &prepared{dev: dev, where: store.Where{Mapped: true, Anchor: m.Self}, size: m.Size}, nil
-}
-
-// checkUnmappedDevice refuses a device that the helper would not find
-// under any name: none for now beyond what target's inspection refuses;
-// kept as the one place for such checks.
-func checkUnmappedDevice(dev string) error {
-	if _, err := os.Stat(dev); err != nil {
-		return fmt.Errorf("the device %s: %w", dev, err)
-	}
-	return nil
 }
 
 // stage1Dev names dev the way stage 1 can find it: by its filesystem's

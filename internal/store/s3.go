@@ -25,7 +25,9 @@ type s3Upload struct {
 
 // CreateS3 starts writing an image to loc.
 func CreateS3(ctx context.Context, loc *objstore.Location, creds *objstore.Credentials) (Store, error) {
-	up, err := objstore.Create(ctx, loc, creds, objstore.Options{})
+	// 8 MiB parts, two in flight: the helper runs in R, as small as
+	// 128 MiB, and a part is held in memory until it is stored.
+	up, err := objstore.Create(ctx, loc, creds, objstore.Options{PartSize: 8 << 20, Concurrency: 2})
 	if err != nil {
 		return nil, err
 	}
