@@ -293,6 +293,9 @@ func hibernate(res *hibernateResult, dev, codec string, ret bool, load helper.Op
 	if os.Geteuid() != 0 {
 		return errors.New("must run as root")
 	}
+	if err := precheckTarget(dev); err != nil {
+		return err
+	}
 	if _, err := jumpable(); err != nil {
 		return err
 	}

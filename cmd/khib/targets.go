@@ -83,15 +83,47 @@ func prepareTarget(spec string, nonce image.Nonce, k *saveKey) (*prepared, error
 	return prepareDevice(spec, nonce, k)
 }
 
-// prepareDevice is a whole device: the reservation at its start.
-func prepareDevice(spec string, nonce image.Nonce, k *saveKey) (*prepared, error) {
+// precheckTarget applies the checks of prepareTarget that change
+// nothing, so that a bad target is refused before anything else (such as
+// a missing reservation) is looked at.
+func precheckTarget(spec string) error {
+	sp, err := target.ParseSpec(spec)
+	if err != nil {
+		return err
+	}
+	switch sp.Kind {
+	case target.SpecDevice:
+		dev, err := resolveDevice(spec)
+		if err != nil {
+			return err
+		}
+		_, err = usableTarget(dev)
+		return err
+	case target.SpecSwap:
+		if strings.Contains(sp.Value, "=") {
+			return nil
+		}
+		_, err := target.FindSwap(sp.Value)
+		return err
+	case target.SpecFile:
+		if _, err := os.Stat(sp.Value); err == nil && !sp.Located {
+			_, err = target.InspectFile(sp.Value)
+			return err
+		}
+	}
+	return nil
+}
+
+// resolveDevice finds the device a device spec names, refusing a spec
+// that names the filesystem the image would overwrite.
+func resolveDevice(spec string) (string, error) {
 	// A target that does not resolve goes on to target.Inspect under its
 	// own name, which says what is wrong with it in the usual words.
 	dev := spec
 	if p, err := config.Resolve("/", spec); err == nil {
 		dev = p
 	} else if kind, _, perr := config.ParseSpec(spec); perr != nil || kind != config.KindPath {
-		return nil, fmt.Errorf("target %s: %v", spec, err)
+		return "", fmt.Errorf("target %s: %v", spec, err)
 	}
 	if kind, _, _ := config.ParseSpec(spec); kind == config.KindUUID || kind == config.KindLabel {
 		// The reservation overwrites the start of the device, and with it
@@ -100,7 +132,16 @@ func prepareDevice(spec string, nonce image.Nonce, k *saveKey) (*prepared, error
 		if pu, err := config.PartUUID("/", dev); err == nil {
 			hint = "PARTUUID=" + pu
 		}
-		return nil, fmt.Errorf("target %s names the filesystem on %s, which the image overwrites, so the next boot could not find it; name the device by %s (khib configure --target %s)", spec, dev, hint, hint)
+		return "", fmt.Errorf("target %s names the filesystem on %s, which the image overwrites, so the next boot could not find it; name the device by %s (khib configure --target %s)", spec, dev, hint, hint)
+	}
+	return dev, nil
+}
+
+// prepareDevice is a whole device: the reservation at its start.
+func prepareDevice(spec string, nonce image.Nonce, k *saveKey) (*prepared, error) {
+	dev, err := resolveDevice(spec)
+	if err != nil {
+		return nil, err
 	}
 	info, err := usableTarget(dev)
 	if err != nil {
