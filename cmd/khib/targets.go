@@ -356,6 +356,19 @@ func prepareDir(sp target.Spec, nonce image.Nonce, k *saveKey) (*prepared, error
 		p.dev = dev
 		p.name = fmt.Sprintf("%s on %s (%s, not mounted here)", sp.Path, dev, fs.Type)
 	}
+	ram, err := reservationPage(nonce, k)
+	if err != nil {
+		return nil, err
+	}
+	p.reservation = ram.phys[0]
+	p.undo = func() error { ram.free(); return nil }
+	return p, nil
+}
+
+// reservationPage is a locked page of A's RAM holding the image
+// reservation, for a helper that writes it itself (dir, s3). Its
+// capacity is left open: the helper knows the target's.
+func reservationPage(nonce image.Nonce, k *saveKey) (*ramPages, error) {
 	ram, err := newRAMPages(1)
 	if err != nil {
 		return nil, err
@@ -364,9 +377,7 @@ func prepareDir(sp target.Spec, nonce image.Nonce, k *saveKey) (*prepared, error
 		ram.free()
 		return nil, err
 	}
-	p.reservation = ram.phys[0]
-	p.undo = func() error { ram.free(); return nil }
-	return p, nil
+	return ram, nil
 }
 
 // prepareS3 is an object in an S3-compatible store. A checks, before
@@ -398,12 +409,8 @@ func prepareS3(sp target.Spec, nonce image.Nonce, k *saveKey) (*prepared, error)
 	if err != nil {
 		return nil, fmt.Errorf("target %s: %w", loc.Object(), err)
 	}
-	ram, err := newRAMPages(1)
+	ram, err := reservationPage(nonce, k)
 	if err != nil {
-		return nil, err
-	}
-	if err := reserve(&memWriter{b: ram.page(0)}, nonce, 1<<40, k); err != nil {
-		ram.free()
 		return nil, err
 	}
 	return &prepared{

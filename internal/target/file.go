@@ -106,34 +106,48 @@ func InspectFile(path string) (*File, error) {
 	if st.Size < PageSize*8 || st.Size%PageSize != 0 {
 		return nil, fmt.Errorf("image file %s has %d bytes, not a multiple of 4096 of at least 32 KiB; remove it and run khib prepare --target file:%s", path, st.Size, path)
 	}
-	ext, err := Fiemap(f)
-	if err != nil {
-		return nil, fmt.Errorf("image file %s: its filesystem cannot report where its blocks are: %w", path, err)
-	}
-	var next uint64
-	for _, e := range ext {
-		if e.Logical != next {
-			return nil, fmt.Errorf("image file %s has a hole at %d; remove it and run khib prepare --target file:%s", path, next, path)
-		}
-		if bad := badExtent(e.Flags); bad != "" {
-			return nil, fmt.Errorf("image file %s: the extent at %d %s; remove it and run khib prepare --target file:%s", path, e.Logical, bad, path)
-		}
-		if e.Physical%PageSize != 0 || e.Length%PageSize != 0 {
-			return nil, fmt.Errorf("image file %s: the extent at %d is not page aligned on the device", path, e.Logical)
-		}
-		n := len(out.Extents)
-		if n > 0 && out.Extents[n-1].End() == int64(e.Physical) {
-			out.Extents[n-1].Len += int64(e.Length)
-		} else {
-			out.Extents = append(out.Extents, blockmap.Extent{Off: int64(e.Physical), Len: int64(e.Length)})
-		}
-		next += e.Length
-	}
-	if int64(next) < st.Size {
-		return nil, fmt.Errorf("image file %s has blocks for %d of its %d bytes; remove it and run khib prepare --target file:%s", path, next, st.Size, path)
+	fix := fmt.Sprintf("remove it and run khib prepare --target file:%s", path)
+	if out.Extents, err = deviceExtents(f, "image file", st.Size, badExtent, fix); err != nil {
+		return nil, err
 	}
 	flags, err := unix.IoctlGetInt(int(f.Fd()), unix.FS_IOC_GETFLAGS)
 	out.Immutable = err == nil && flags&fsImmutableFL != 0
+	return out, nil
+}
+
+// deviceExtents reads the extents of the open file f of size bytes with
+// FIEMAP and returns them as device extents in file order, merged where
+// they touch. It refuses holes, a shortfall, extents that are not page
+// aligned and those bad calls bad ("" for a good one); what names the
+// file in errors, fix says what to do.
+func deviceExtents(f *os.File, what string, size int64, bad func(flags uint32) string, fix string) ([]blockmap.Extent, error) {
+	path := f.Name()
+	ext, err := Fiemap(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: its filesystem cannot report where its blocks are: %w", what, path, err)
+	}
+	var out []blockmap.Extent
+	var next uint64
+	for _, e := range ext {
+		if e.Logical != next {
+			return nil, fmt.Errorf("%s %s has a hole at %d; %s", what, path, next, fix)
+		}
+		if why := bad(e.Flags); why != "" {
+			return nil, fmt.Errorf("%s %s: the extent at %d %s; %s", what, path, e.Logical, why, fix)
+		}
+		if e.Physical%PageSize != 0 || e.Length%PageSize != 0 {
+			return nil, fmt.Errorf("%s %s: the extent at %d is not page aligned on the device", what, path, e.Logical)
+		}
+		if n := len(out); n > 0 && out[n-1].End() == int64(e.Physical) {
+			out[n-1].Len += int64(e.Length)
+		} else {
+			out = append(out, blockmap.Extent{Off: int64(e.Physical), Len: int64(e.Length)})
+		}
+		next += e.Length
+	}
+	if int64(next) < size || len(out) == 0 {
+		return nil, fmt.Errorf("%s %s has blocks for %d of its %d bytes; %s", what, path, next, size, fix)
+	}
 	return out, nil
 }
 

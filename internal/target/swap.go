@@ -128,26 +128,17 @@ func InspectSwapFile(path string) (*File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("swap file %s: %w", path, err)
 	}
-	ext, err := Fiemap(f)
-	if err != nil {
-		return nil, fmt.Errorf("swap file %s: its filesystem cannot report where its blocks are: %w", path, err)
-	}
 	out := &File{Path: path, Dev: dev, Size: st.Size}
-	var next uint64
-	for _, e := range ext {
-		if e.Logical != next || e.Physical%PageSize != 0 || e.Length%PageSize != 0 || e.Flags&(ExtentShared|ExtentUnknown|ExtentDelalloc|ExtentEncoded|ExtentDataInline|ExtentDataTail|ExtentNotAligned) != 0 {
-			return nil, fmt.Errorf("swap file %s: the extent at %d (flags %#x) cannot be written raw", path, e.Logical, e.Flags)
+	// swapon accepted the file and writes it raw; only what cannot be
+	// written raw is refused.
+	rawOnly := func(flags uint32) string {
+		if flags&(ExtentShared|ExtentUnknown|ExtentDelalloc|ExtentEncoded|ExtentDataInline|ExtentDataTail|ExtentNotAligned) != 0 {
+			return fmt.Sprintf("(flags %#x) cannot be written raw", flags)
 		}
-		n := len(out.Extents)
-		if n > 0 && out.Extents[n-1].End() == int64(e.Physical) {
-			out.Extents[n-1].Len += int64(e.Length)
-		} else {
-			out.Extents = append(out.Extents, blockmap.Extent{Off: int64(e.Physical), Len: int64(e.Length)})
-		}
-		next += e.Length
+		return ""
 	}
-	if len(out.Extents) == 0 {
-		return nil, fmt.Errorf("swap file %s has no blocks", path)
+	if out.Extents, err = deviceExtents(f, "swap file", st.Size, rawOnly, "recreate it with dd and mkswap"); err != nil {
+		return nil, err
 	}
 	return out, nil
 }
