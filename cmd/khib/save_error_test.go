@@ -187,3 +187,16 @@ func TestKmsg(t *testing.T) {
 	}
 	t.Logf("%d kernel messages", len(msgs))
 }
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"512M": 512 << 20, "4G": 4 << 30, "64K": 64 << 10, "1048576": 1 << 20} {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "G", "-1M", "1.5G", "9999999999G", "12T"} {
+		if _, err := parseSize(bad); err == nil {
+			t.Errorf("parseSize(%q) accepted", bad)
+		}
+	}
+}
