@@ -16,7 +16,7 @@ VM_TESTS := check-refusals roundtrip:--smp,1 roundtrip:--smp,2 hibernate hiberna
             hibernate-lying-device hibernate-disk-vanishes \
             cycle cycle:--smp,2 cycle:--region,128M cycle-loopback cycle-armed soak:--cycles,3 resume-corrupt resume-corrupt-restore resume-corrupt-kinds resume-foreign \
             corrupt-images powercut-save powercut-resume resume-fs-changed hybrid-wake hybrid-powerloss cycle-encrypted \
-            cycle-swap cycle-file cycle-vfat cycle-fuse cycle-s3 migrate-s3 target-refusals
+            cycle-swap resume-swap-refused cycle-file cycle-vfat cycle-fuse cycle-s3 migrate-s3 target-refusals
 # On the Debian guest (GRUB, initramfs, systemd, the distro kernel, khib from its .deb).
 DISTRO_TESTS := distro-cycle distro-cycle:--smp,2 distro-refusal distro-filter distro-remove cycle-tpm distro-swap
 

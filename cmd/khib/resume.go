@@ -109,6 +109,10 @@ func resumeFrom(dev string, sp target.Spec, kernel string) {
 		if dev == "" {
 			dev = sp.String()
 		}
+		if errors.Is(err, blockmap.ErrCorrupt) {
+			refuse(dev, err)
+			return
+		}
 		console("khib: no hibernation image on %s (%v); booting normally.", dev, err)
 		return
 	}

@@ -151,6 +151,7 @@ mkdir -p /data
 mount -t ext4 /dev/vdb /data || fail mount
 if [ -e /data/booted ]; then
 	echo "KHIBVM:normal_boot=1"
+	@NORMAL_BOOT@
 	n=$(khib-workload append-check --file /data/log) && echo "khibvm-normal-boot $n"
 	umount /data
 	echo "KHIBVM:guest_done=ok"
@@ -270,7 +271,8 @@ func cycleRootfs(env *scenario.Env, cycles int, acked bool, tgt *cycleTarget) (s
 	}
 	script := workloadScript(cycleScript, workloadMiB(env, tgt.workload), "@CYCLES@", fmt.Sprint(cycles),
 		"@ACK@", map[bool]string{true: ackFlag}[acked], "@TARGET@", tgt.guest, "@PREPARE@", tgt.prepare,
-		"@AFTER_RESUME@", tgt.afterResume, "@WORKLOAD_FLAGS@", tgt.workloadFlags)
+		"@AFTER_RESUME@", tgt.afterResume, "@WORKLOAD_FLAGS@", tgt.workloadFlags,
+		"@NORMAL_BOOT@", tgt.normalBoot)
 	rfs, err := khibGuest(env, script)
 	if err != nil {
 		return "", err
@@ -470,7 +472,7 @@ func runCycles(ctx context.Context, env *scenario.Env, run cycleRun) (scenario.R
 
 		if tp != nil {
 			if tp.fn != nil {
-				what, err := tp.fn(imgDisk)
+				what, err := tp.fn(cfg.Disks[tgt.imageDisk].Path)
 				if err != nil {
 					return res, fmt.Errorf("%s: %w", tp.name, err)
 				}

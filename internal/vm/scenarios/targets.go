@@ -3,11 +3,13 @@ package scenarios
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"regexp"
 	"strings"
 	"time"
 
+	"github.com/khib/khib/internal/blockmap"
 	"github.com/khib/khib/internal/vm"
 	"github.com/khib/khib/internal/vm/scenario"
 )
@@ -23,6 +25,11 @@ type cycleTarget struct {
 	prepare string
 	// afterResume runs in A after each resume.
 	afterResume string
+	// normalBoot runs in A when a boot is a normal one.
+	normalBoot string
+	// imageDisk is the index of the disk that holds the image, which a
+	// tamper changes.
+	imageDisk int
 	// resume is khib.resume= for every boot; empty: boot 1 has
 	// khib.resume=off and the later ones what A printed.
 	resume   string
@@ -72,7 +79,8 @@ var swapTarget = &cycleTarget{
 	// rig's mixed pages, a quarter of them random, needs a 306 MiB image
 	// while 258 MiB of the 512 MiB are free; the helper refuses that and
 	// A goes on, which target-refusals shows.)
-	workload: 800, region: "128M", workloadFlags: "--page-out 128",
+	workload: 800, region: "128M", workloadFlags: "--page-out 128", imageDisk: 2,
+	normalBoot: `swapon /dev/vdc && echo "khibvm-swap-usable in a normal boot" || echo "khibvm-swap-unusable in a normal boot"`,
 	prepare: `swapon /dev/vdc || fail swapon
 spec=$(khib prepare --target swap:/dev/vdc) || fail prepare
 echo "khibvm-prepare: $spec"`,
@@ -222,7 +230,54 @@ var fuseTarget = &cycleTarget{
 	},
 }
 
+// corruptSwapMap flips a byte in the padding of the first map page of
+// the swap area on disk (its anchor at 0): the map's hash no longer
+// holds, and stage 1 must refuse it and give the swap area back.
+func corruptSwapMap(disk string) (string, error) {
+	f, err := os.OpenFile(disk, os.O_RDWR, 0)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	a, err := blockmap.ReadAnchor(f, 0, 1<<40)
+	if err != nil {
+		return "", fmt.Errorf("the swap area holds no anchor: %w", err)
+	}
+	at := a.MapOff + blockmap.PageSize - 3
+	b := []byte{0}
+	if _, err := f.ReadAt(b, at); err != nil {
+		return "", err
+	}
+	b[0] ^= 0x40
+	if _, err := f.WriteAt(b, at); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("flipped a byte of the block map's first page (at %d of the swap disk)", at), nil
+}
+
 func init() {
+	scenario.Register(scenario.Scenario{
+		Name: "resume-swap-refused",
+		Description: "cycle-swap whose block map is corrupted on the host: stage 1 refuses the image, gives the swap area " +
+			"its signature back, and the normal boot swaps to it",
+		Timeout: 25 * time.Minute,
+		Run: func(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
+			res, err := runCycles(ctx, env, cycleRun{cycles: 1, tgt: swapTarget,
+				tp: &tamper{name: "corrupt-map", fn: corruptSwapMap, want: "corrupt block map"}})
+			if err != nil {
+				return res, err
+			}
+			m := env.Machines()[len(env.Machines())-1]
+			if lastLine(m, `^khib: the swap area on /dev/vdc has its swap signature back`) == "" {
+				return res, fmt.Errorf("stage 1 did not say it gave the swap area back")
+			}
+			if lastLine(m, `^khibvm-swap-usable in a normal boot`) == "" {
+				return res, fmt.Errorf("the normal boot after the refusal could not swap to /dev/vdc")
+			}
+			res["swap_after_refusal"] = "signature back, swapon works"
+			return res, nil
+		},
+	})
 	scenario.Register(scenario.Scenario{
 		Name: "cycle-fuse",
 		Description: "cycle through a FUSE filesystem that the helpers run: khib-fusefs (go-fuse) keeps its files on a raw " +
