@@ -110,7 +110,7 @@ func resumeFrom(dev string, sp target.Spec, kernel string) {
 			dev = sp.String()
 		}
 		if errors.Is(err, blockmap.ErrCorrupt) {
-			refuse(dev, err)
+			refuse(dev, sp, err)
 			return
 		}
 		console("khib: no hibernation image on %s (%v); booting normally.", dev, err)
@@ -163,7 +163,7 @@ func resumeFrom(dev string, sp target.Spec, kernel string) {
 		} else if errors.Is(err, image.ErrInvalidated) {
 			console("khib: the hibernation image on %s was used by an earlier boot (resumed from, or refused by the restore helper), and a system is never resumed twice; booting normally.", dev)
 		} else {
-			refuse(dev, err)
+			refuse(dev, sp, err)
 		}
 		return
 	}
@@ -175,7 +175,7 @@ func resumeFrom(dev string, sp target.Spec, kernel string) {
 	console("khib: image intact (%s, %.1f s); loading the restore helper into %s", what, time.Since(t0).Seconds(), meta.Region)
 	plan, err := helper.LoadRestore(kernel, kexec.Range{Start: meta.Region.Start, End: meta.Region.End}, meta.UUID.String(), cParams, key, extra...)
 	if err != nil {
-		refuse(dev, fmt.Errorf("loading the restore helper: %w", err))
+		refuse(dev, sp, fmt.Errorf("loading the restore helper: %w", err))
 		return
 	}
 	// The image stays resumable until C has written every page of A: C
@@ -191,10 +191,13 @@ func resumeFrom(dev string, sp target.Spec, kernel string) {
 	}
 }
 
-func refuse(dev string, err error) {
+func refuse(dev string, sp target.Spec, err error) {
+	tail := fmt.Sprintf("The image stays for inspection (khib image inspect %s); it is overwritten by the next hibernation.", sp)
+	if sp.Kind == target.SpecSwap {
+		tail = "The swap area gets its swap signature back, and the image in it is given up."
+	}
 	console("khib: NOT resuming from the hibernation image on %s:\n  %v\n"+
-		"  Nothing of the image was restored; booting normally. The image stays on %s for inspection\n"+
-		"  (khib image inspect %s); it is overwritten by the next hibernation.", dev, err, dev, dev)
+		"  Nothing of the image was restored; booting normally. %s", dev, err, tail)
 }
 
 // openResumeStore opens the store at where on dev read-only, waiting a
