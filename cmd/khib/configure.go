@@ -2,12 +2,17 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/khib/khib/internal/netconf"
+	"github.com/khib/khib/internal/objstore"
 	"github.com/khib/khib/internal/target"
+	netpkg "net"
 	"os"
 	"os/exec"
+	"time"
 
 	"github.com/khib/khib/internal/config"
 	"github.com/khib/khib/internal/helper"
@@ -67,7 +72,7 @@ func cmdConfigure(args []string) int {
 	var err error
 	if sp, perr := target.ParseSpec(*spec); perr == nil && sp.Kind != target.SpecDevice {
 		dev, stable = *spec, *spec
-		if cfg.Resume, err = configureTarget(sp); err != nil {
+		if cfg.Resume, cfg.Net, err = configureTarget(sp); err != nil {
 			return fail("configure: %v", err)
 		}
 	} else if dev, stable, err = checkTargetSpec(*spec); err != nil {
@@ -100,25 +105,50 @@ func cmdConfigure(args []string) int {
 // khib prepare does (making a file target's file) and returns what stage
 // 1 needs in the configuration's resume key, if the target itself will
 // not do. Targets that the initramfs cannot reach yet are refused.
-func configureTarget(sp target.Spec) (string, error) {
+func configureTarget(sp target.Spec) (resume, net string, err error) {
 	switch sp.Kind {
 	case target.SpecS3:
-		return "", fmt.Errorf("%s: the initramfs does not bring up the network or carry credentials yet, so stage 1 could not resume from an object store; hibernate to it with khib hibernate --target, and resume with khib.resume= and ip= where khib is init", sp)
-	case target.SpecDir:
-		if _, _, ok := sp.FUSE(); ok {
-			return "", fmt.Errorf("%s: the initramfs does not carry FUSE programs yet; use a partition, swap:, file: or dir:DEV:/PATH", sp)
+		// As hibernate checks it, and the network stage 1 will need.
+		loc, err := objstore.ParseURL(sp.Value)
+		if err != nil {
+			return "", "", err
 		}
-		return "", nil
+		creds, err := objstore.LoadCredentials(loc.Creds)
+		if err != nil {
+			return "", "", err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := objstore.Preflight(ctx, loc, creds); err != nil {
+			return "", "", err
+		}
+		host, _, err := netpkg.SplitHostPort(loc.Endpoint)
+		if err != nil {
+			host = loc.Endpoint
+		}
+		nc, err := netconf.Route(host)
+		if err != nil {
+			return "", "", err
+		}
+		fmt.Printf("khib: stage 1 brings up %s for %s (unless the kernel command line has ip=)\n", nc, loc.Object())
+		return "", nc.String(), nil
+	case target.SpecDir:
+		if prog, _, ok := sp.FUSE(); ok {
+			if st, err := os.Stat(prog); err != nil || st.Mode()&0o111 == 0 {
+				return "", "", fmt.Errorf("%s: the FUSE program %s is not an executable file", sp, prog)
+			}
+		}
+		return "", "", nil
 	}
 	var res prepareResult
 	if err := prepareOnly(sp, 0, &res); err != nil {
-		return "", err
+		return "", "", err
 	}
 	if res.Resume == sp.String() {
-		return "", nil
+		return "", "", nil
 	}
 	fmt.Printf("khib: stage 1 finds %s as %s\n", sp, res.Resume)
-	return res.Resume, nil
+	return res.Resume, "", nil
 }
 
 // checkTargetSpec resolves spec and applies hibernate's target checks. It

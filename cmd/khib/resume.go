@@ -221,6 +221,10 @@ func openResumeStore(dev string, where store.Where) (store.Store, error) {
 	return store.Open(dev, where, false)
 }
 
+// stage1Net is the network of khib.conf's net, which stage 1 brings up
+// for an s3 target when the kernel command line has no ip=.
+var stage1Net string
+
 // openResumeS3 brings the network up from ip= on the kernel command line
 // (the helpers' kernels have no IP autoconfiguration), reads the
 // credentials from the file the URL names and opens the object. It
@@ -233,7 +237,10 @@ func openResumeS3(url string) (store.Store, string, []string, error) {
 	}
 	ip := kernelParams()["ip"]
 	if ip == "" {
-		return nil, "", nil, fmt.Errorf("an s3 target needs the network: put ip=CLIENT::GATEWAY:NETMASK::DEVICE:off on the kernel command line")
+		ip = stage1Net
+	}
+	if ip == "" {
+		return nil, "", nil, fmt.Errorf("an s3 target needs the network: put ip=CLIENT::GATEWAY:NETMASK::DEVICE:off on the kernel command line, or run khib configure, which records it")
 	}
 	nc, err := netconf.Parse(ip)
 	if err != nil {

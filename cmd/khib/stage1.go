@@ -84,6 +84,9 @@ func cmdResumeStage1(args []string) int {
 	if cfg != nil {
 		kernel = cfg.HelperKernel
 	}
+	if cfg != nil {
+		stage1Net = cfg.Net
+	}
 	dev, sp, err := locateResume(spec, *timeout)
 	if err != nil {
 		console("khib: NOT resuming: cannot find the hibernation target %s: %v\n"+

@@ -54,6 +54,10 @@ type Config struct {
 	// path it cannot look up without mounting this system's filesystem
 	// (file:DEV@OFFSET, swap:DEV@OFFSET); khib configure writes it.
 	Resume string
+	// Net is the network stage 1 brings up for an s3 target when the
+	// kernel command line has no ip=: the kernel's ip= form
+	// (internal/netconf), which khib configure writes.
+	Net string
 }
 
 // Encrypts are the values encrypt may take.
@@ -143,6 +147,11 @@ func Parse(r io.Reader, name string) (*Config, error) {
 				return nil, bad("resume %q names a path; stage 1 needs DEV@OFFSET (khib configure writes it)", clip(v))
 			}
 			c.Resume = v
+		case "net":
+			if strings.ContainsAny(v, " \t") || v == "" {
+				return nil, bad("net %q: the kernel's ip= form, CLIENT::GATEWAY:NETMASK::DEVICE:off", clip(v))
+			}
+			c.Net = v
 		case "helper_kernel":
 			if !filepath.IsAbs(v) {
 				return nil, bad("helper_kernel %q is not an absolute path", clip(v))
@@ -161,7 +170,7 @@ func Parse(r io.Reader, name string) (*Config, error) {
 		case "":
 			return nil, bad("a line starts with '=' and names no key")
 		default:
-			return nil, bad("unknown key %q (known: target, resume, helper_kernel, codec, encrypt)", clip(k))
+			return nil, bad("unknown key %q (known: target, resume, net, helper_kernel, codec, encrypt)", clip(k))
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -205,6 +214,9 @@ func (c *Config) Marshal() []byte {
 	}
 	if c.Resume != "" {
 		fmt.Fprintf(&b, "resume = %s\n", c.Resume)
+	}
+	if c.Net != "" {
+		fmt.Fprintf(&b, "net = %s\n", c.Net)
 	}
 	if c.HelperKernel != "" {
 		fmt.Fprintf(&b, "helper_kernel = %s\n", c.HelperKernel)
