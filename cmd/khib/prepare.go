@@ -128,7 +128,7 @@ func prepareOnly(sp target.Spec, size int64, res *prepareResult) error {
 			return err
 		}
 		res.Device, res.Size = sw.Dev, sw.Size
-		res.Resume = "swap:" + stage1Dev(sw.Dev)
+		res.Resume = "swap:" + swapDev(sw)
 		if sw.Header != 0 {
 			res.Resume += fmt.Sprintf("@%d", sw.Header)
 		}

@@ -291,7 +291,7 @@ func prepareSwap(path string, nonce image.Nonce, k *saveKey) (*prepared, error) 
 	p := &prepared{
 		dev: sw.Dev, where: store.Where{Mapped: true, Anchor: sw.Header}, size: m.Size,
 		name:    fmt.Sprintf("free slots of swap %s (%d MiB in %d extents)", sw.Path, res.Bytes()>>20, len(ext)),
-		resume:  "swap:" + stage1Dev(sw.Dev),
+		resume:  "swap:" + swapDev(sw),
 		swapMap: &mailbox.SwapMap{Extents: list, Reservation: ram.phys[0], Anchor: sw.Header, UUID: uuid},
 	}
 	if sw.Header != 0 {
@@ -514,6 +514,18 @@ func writeMapped(dev string, m *blockmap.Map, held bool, nonce image.Nonce, k *s
 		return nil, fmt.Errorf("syncing %s: %w", dev, err)
 	}
 	return &prepared{dev: dev, where: store.Where{Mapped: true, Anchor: m.Self}, size: m.Size}, nil
+}
+
+// swapDev names a swap area's device for stage 1: a partition by its
+// PARTUUID, which does not depend on the swap header khib marks while it
+// holds an image; a swap file's filesystem by its UUID.
+func swapDev(sw *target.Swap) string {
+	if !sw.File {
+		if pu, err := config.PartUUID("/", sw.Dev); err == nil {
+			return "PARTUUID=" + pu
+		}
+	}
+	return stage1Dev(sw.Dev)
 }
 
 // stage1Dev names dev the way stage 1 can find it: by its filesystem's

@@ -269,6 +269,10 @@ var ErrUnknownFS = errors.New("no known filesystem or swap signature")
 // probeLen covers every superblock ProbeFS reads (btrfs's ends at 68 KiB).
 const probeLen = 0x10000 + 0x1000
 
+// heldSwapMagic marks a swap area that holds a khib image
+// (internal/blockmap.HeldSwapMagic): still the same swap area, by UUID.
+const heldSwapMagic = "KHIBSWAPSP"
+
 // ProbeFS reads the filesystem (or swap) signature at the start of r.
 // Nothing in r is trusted: every field read lies inside one fixed-size
 // buffer.
@@ -290,7 +294,7 @@ func ProbeFS(r io.ReaderAt) (FS, error) {
 		return FS{"ext4", fmtUUID(b[1024+0x68 : 1024+0x78]), cstr(b[1024+0x78 : 1024+0x88])}, nil
 	case string(b[0:4]) == "XFSB":
 		return FS{"xfs", fmtUUID(b[32:48]), cstr(b[108:120])}, nil
-	case len(b) >= 4096 && string(b[4096-10:4096]) == "SWAPSPACE2":
+	case len(b) >= 4096 && (string(b[4096-10:4096]) == "SWAPSPACE2" || string(b[4096-10:4096]) == heldSwapMagic):
 		return FS{"swap", fmtUUID(b[1024+12 : 1024+28]), cstr(b[1024+28 : 1024+44])}, nil
 	case b[510] == 0x55 && b[511] == 0xAA && string(b[0x52:0x57]) == "FAT32":
 		return FS{"vfat", fatID(b[0x43:0x47]), fatLabel(b[0x47 : 0x47+11])}, nil

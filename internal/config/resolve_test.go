@@ -262,3 +262,14 @@ func TestPartUUID(t *testing.T) {
 		t.Errorf("PartUUID(vdq) = %v, want ErrNotFound", err)
 	}
 }
+
+// TestProbeHeldSwap: a swap area that holds a khib image (its signature
+// changed so that no swapon uses it) is still found by its UUID.
+func TestProbeHeldSwap(t *testing.T) {
+	b := swapImage(testUUID, "swap")
+	copy(b[4096-10:], heldSwapMagic)
+	fs, err := ProbeFS(bytes.NewReader(b))
+	if err != nil || fs.Type != "swap" || fs.UUID != testUUIDString {
+		t.Fatalf("ProbeFS = %+v, %v; want swap %s", fs, err, testUUIDString)
+	}
+}
