@@ -500,7 +500,7 @@ func distroCycle(ctx context.Context, env *scenario.Env, corrupt bool, tgt strin
 	res["check_passed"] = strings.Join(passed, " ")
 	if tgt == "swap" {
 		spec := fmt.Sprintf("swap:PARTUUID=%08x-%02d", g.sig, swapPartition)
-		out, err := g.sh(ctx, "swapon --show=NAME --noheadings && khib configure --target "+spec+" && grep '^resume' /etc/khib.conf")
+		out, err := g.sh(ctx, "swapon --show=NAME --noheadings && khib configure --target "+spec+" && grep -E '^(target|resume) ' /etc/khib.conf")
 		if err != nil {
 			return res, fmt.Errorf("khib configure --target %s: %w", spec, err)
 		}
