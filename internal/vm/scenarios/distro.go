@@ -428,7 +428,22 @@ func init() {
 			"one journal boot with the sleep hooks, data and connection intact, system running; the next boot is normal, fsck clean",
 		Timeout: 30 * time.Minute,
 		Run: func(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
-			return distroCycle(ctx, env, false, "")
+			return distroCycle(ctx, env, false, "", nil)
+		},
+	})
+	scenario.Register(scenario.Scenario{
+		Name: "distro-s3",
+		Description: "distro-cycle with the image in an S3 store (khib-s3d on the host's loopback, a virtio NIC on QEMU's " +
+			"user-mode network, systemd-networkd in the guest): khib configure records the network, the initramfs brings " +
+			"it up, reads the object and resumes; the restore helper marks the object used",
+		Timeout: 30 * time.Minute,
+		Run: func(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
+			srv, err := startS3(ctx, env)
+			if err != nil {
+				return nil, err
+			}
+			defer srv.stop()
+			return distroCycle(ctx, env, false, "s3", srv)
 		},
 	})
 	scenario.Register(scenario.Scenario{
@@ -438,7 +453,7 @@ func init() {
 			"swapped to again, by the resumed system and by the next boot's systemd",
 		Timeout: 30 * time.Minute,
 		Run: func(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
-			return distroCycle(ctx, env, false, "swap")
+			return distroCycle(ctx, env, false, "swap", nil)
 		},
 	})
 	scenario.Register(scenario.Scenario{
@@ -448,7 +463,7 @@ func init() {
 			"next boot says the image was used and goes on to multi-user, with nothing of A restored",
 		Timeout: 30 * time.Minute,
 		Run: func(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
-			return distroCycle(ctx, env, true, "")
+			return distroCycle(ctx, env, true, "", nil)
 		},
 	})
 }
@@ -458,11 +473,17 @@ const swapPartition = 2
 
 // distroCycle is distro-cycle, or with corrupt distro-refusal; with
 // tgt "swap" the image goes into the swap partition (distro-swap).
-func distroCycle(ctx context.Context, env *scenario.Env, corrupt bool, tgt string) (scenario.Result, error) {
+func distroCycle(ctx context.Context, env *scenario.Env, corrupt bool, tgt string, srv *s3Server) (scenario.Result, error) {
 	res := scenario.Result{}
 	g, err := newDistroGuest(ctx, env)
 	if err != nil {
 		return res, err
+	}
+	if tgt == "s3" {
+		// Every boot has the network card: A's, and stage 1's.
+		g.qemu = func(string) []string {
+			return []string{"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,mac=" + s3MAC}
+		}
 	}
 	up, err := g.boot(ctx, "boot1")
 	if err != nil {
@@ -506,6 +527,25 @@ func distroCycle(ctx context.Context, env *scenario.Env, corrupt bool, tgt strin
 		}
 		res["target"], res["configured"] = spec, lastLines(out, 3)
 	}
+	if tgt == "s3" {
+		url := srv.url("distro/image.khib", true)
+		steps := []string{
+			// A static address on QEMU's user-mode network, by systemd-networkd.
+			"mkdir -p /etc/systemd/network && printf '[Match]\\nMACAddress=" + s3MAC + "\\n[Network]\\nAddress=10.0.2.15/24\\nGateway=10.0.2.2\\n' " +
+				">/etc/systemd/network/50-khib-test.network && systemctl enable --now systemd-networkd >/dev/null 2>&1; " +
+				"for i in $(seq 60); do hostname -I | grep -q 10.0.2.15 && break; sleep 1; done; hostname -I",
+			"mkdir -p /etc/khib && umask 077 && printf 'access_key = khibtest\\nsecret_key = khib-test-secret-0123456789\\n' >" + guestCreds,
+			"khib configure --target '" + url + "' && grep -E '^(target|net) ' /etc/khib.conf",
+		}
+		for _, st := range steps {
+			out, err := g.sh(ctx, st)
+			if err != nil {
+				return res, fmt.Errorf("setting up the s3 target: %w", err)
+			}
+			res["configured"] = lastLines(out, 3)
+		}
+		res["target"] = url
+	}
 	if _, err := g.sh(ctx, "systemctl is-active khib-arm.service"); err != nil {
 		return res, fmt.Errorf("khib-arm.service did not park the helper: %w", err)
 	}
@@ -535,7 +575,14 @@ func distroCycle(ctx context.Context, env *scenario.Env, corrupt bool, tgt strin
 		return res, fmt.Errorf("after systemctl hibernate: %w", err)
 	}
 	res["hibernate_s"] = scenario.Round3(time.Since(t0).Seconds())
-	if tgt == "swap" {
+	if tgt == "s3" {
+		ins, err := inspectImage(env, srv.url("distro/image.khib", false))
+		if err != nil {
+			return res, fmt.Errorf("no complete image in the store after systemctl hibernate: %w", err)
+		}
+		res["image_mib"] = scenario.Round3(float64(ins.ImageBytes) / (1 << 20))
+		res["image_state"] = ins.State
+	} else if tgt == "swap" {
 		ins, err := inspectPartition(env, g.disk, g.parts[swapPartition-1], "swap:%s@0")
 		if err != nil {
 			return res, fmt.Errorf("no complete image in the swap partition after systemctl hibernate: %w", err)
