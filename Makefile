@@ -20,7 +20,7 @@ VM_TESTS := check-refusals roundtrip:--smp,1 roundtrip:--smp,2 hibernate hiberna
 # On the Debian guest (GRUB, initramfs, systemd, the distro kernel, khib from its .deb).
 DISTRO_TESTS := distro-cycle distro-cycle:--smp,2 distro-refusal distro-filter distro-remove cycle-tpm distro-swap
 
-.PHONY: soak all deps kernel kernel-distro guest-image deb test-distro bins demo test test-unit test-vm lint fuzz bench bench-save bench-hibernate clean
+.PHONY: soak all deps kernel kernel-distro guest-image deb test-distro bins demo test test-unit test-vm lint fuzz bench bench-save bench-hibernate bench-targets clean
 
 all: bins
 
@@ -98,6 +98,11 @@ bench-hibernate: kernel bins
 BENCH_RUNS ?= 3
 bench: deps kernel bins
 	@$(VM) run --scenario bench --mem 4096 --runs $(BENCH_RUNS) --results bench/results --kernel $(KERNEL) --bindir $(BIN)
+
+# One cycle into each kind of target in a row (disk, swap, file, vfat,
+# FUSE, S3): bench/results/targets.md.
+bench-targets: deps kernel bins
+	@$(VM) run --scenario bench-targets --results bench/results --kernel $(KERNEL) --bindir $(BIN)
 
 clean:
 	rm -rf $(BIN)
