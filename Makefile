@@ -18,7 +18,7 @@ VM_TESTS := check-refusals roundtrip:--smp,1 roundtrip:--smp,2 hibernate hiberna
             corrupt-images powercut-save powercut-resume resume-fs-changed hybrid-wake hybrid-powerloss cycle-encrypted \
             cycle-swap resume-swap-refused cycle-file cycle-vfat cycle-fuse cycle-s3 migrate-s3 target-refusals
 # On the Debian guest (GRUB, initramfs, systemd, the distro kernel, khib from its .deb).
-DISTRO_TESTS := distro-cycle distro-cycle:--smp,2 distro-refusal distro-filter distro-remove cycle-tpm distro-swap
+DISTRO_TESTS := distro-cycle distro-cycle:--smp,2 distro-refusal distro-filter distro-remove cycle-tpm distro-swap distro-s3
 
 .PHONY: soak all deps kernel kernel-distro guest-image deb test-distro bins demo test test-unit test-vm lint fuzz bench bench-save bench-hibernate bench-targets clean
 
