@@ -6,9 +6,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/khib/khib/internal/netconf"
-	"github.com/khib/khib/internal/objstore"
-	"github.com/khib/khib/internal/target"
 	netpkg "net"
 	"os"
 	"os/exec"
@@ -17,6 +14,9 @@ import (
 	"github.com/khib/khib/internal/config"
 	"github.com/khib/khib/internal/helper"
 	"github.com/khib/khib/internal/image"
+	"github.com/khib/khib/internal/netconf"
+	"github.com/khib/khib/internal/objstore"
+	"github.com/khib/khib/internal/target"
 )
 
 const configureHelp = `Usage: khib configure --target SPEC [--codec s2|zstd|none] [--helper-kernel FILE] [--no-initramfs]

@@ -2,13 +2,13 @@ package main
 
 import (
 	"fmt"
-	"github.com/khib/khib/internal/store"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/khib/khib/internal/sleep"
+	"github.com/khib/khib/internal/store"
 )
 
 // Hybrid sleep (khib hibernate --then suspend, systemctl hybrid-sleep):

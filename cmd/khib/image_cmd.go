@@ -6,15 +6,15 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/khib/khib/internal/blockmap"
-	"github.com/khib/khib/internal/config"
-	"github.com/khib/khib/internal/objstore"
-	"github.com/khib/khib/internal/store"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/khib/khib/internal/blockmap"
+	"github.com/khib/khib/internal/config"
 	"github.com/khib/khib/internal/image"
+	"github.com/khib/khib/internal/objstore"
+	"github.com/khib/khib/internal/store"
 	"github.com/khib/khib/internal/target"
 )
 

@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"github.com/khib/khib/internal/netconf"
-	"github.com/khib/khib/internal/objstore"
 	"os"
 	"time"
 
@@ -12,6 +10,8 @@ import (
 
 	"github.com/khib/khib/internal/image"
 	"github.com/khib/khib/internal/kexec"
+	"github.com/khib/khib/internal/netconf"
+	"github.com/khib/khib/internal/objstore"
 	"github.com/khib/khib/internal/store"
 )
 

@@ -4,20 +4,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"time"
+
 	"github.com/khib/khib/internal/blockmap"
 	"github.com/khib/khib/internal/config"
+	"github.com/khib/khib/internal/elfcore"
 	"github.com/khib/khib/internal/elfdeps"
+	"github.com/khib/khib/internal/helper"
+	"github.com/khib/khib/internal/image"
+	"github.com/khib/khib/internal/kexec"
 	"github.com/khib/khib/internal/netconf"
 	"github.com/khib/khib/internal/objstore"
 	"github.com/khib/khib/internal/store"
 	"github.com/khib/khib/internal/target"
-	"os"
-	"time"
-
-	"github.com/khib/khib/internal/elfcore"
-	"github.com/khib/khib/internal/helper"
-	"github.com/khib/khib/internal/image"
-	"github.com/khib/khib/internal/kexec"
 )
 
 // resumeStage1 is stage 1 as PID 1 in the test rig (khib.resume=SPEC on

@@ -6,11 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/khib/khib/internal/blockmap"
-	"github.com/khib/khib/internal/kexec"
-	"github.com/khib/khib/internal/netconf"
-	"github.com/khib/khib/internal/objstore"
-	"github.com/khib/khib/internal/target"
 	"os"
 	"runtime"
 	"sort"
@@ -20,11 +15,16 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/khib/khib/internal/blockmap"
 	"github.com/khib/khib/internal/elfcore"
 	"github.com/khib/khib/internal/image"
+	"github.com/khib/khib/internal/kexec"
 	"github.com/khib/khib/internal/mailbox"
+	"github.com/khib/khib/internal/netconf"
+	"github.com/khib/khib/internal/objstore"
 	"github.com/khib/khib/internal/pages"
 	"github.com/khib/khib/internal/store"
+	"github.com/khib/khib/internal/target"
 )
 
 // mapWindow is how much of /proc/vmcore the helper maps at a time: large

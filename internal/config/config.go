@@ -13,12 +13,13 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"github.com/khib/khib/internal/target"
 	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/khib/khib/internal/target"
 )
 
 // Path is where the configuration lives on an installed system, and where
