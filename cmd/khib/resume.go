@@ -89,7 +89,7 @@ func resumeFrom(dev string, sp target.Spec, kernel string) {
 		swapDev := dev
 		defer func() {
 			if !resuming {
-				giveBackSwap(swapDev, sp.Anchor)
+				giveBackSwap("khib", swapDev, sp.Anchor)
 			}
 		}()
 	}
@@ -287,28 +287,6 @@ func (n *netStore) Close() error {
 		console("khib: taking the network down again: %v", rerr)
 	}
 	return err
-}
-
-// giveBackSwap puts the swap signature back on the swap area at anchor
-// on dev if khib's mark is there: stage 1 is not resuming from it, and
-// the system's swapon must find a swap area.
-func giveBackSwap(dev string, anchor int64) {
-	f, err := os.OpenFile(dev, os.O_RDWR, 0)
-	if err != nil {
-		console("khib: cannot give the swap area on %s back: %v; run mkswap on it before swapon", dev, err)
-		return
-	}
-	defer f.Close()
-	changed, err := blockmap.RestoreSwap(f, anchor)
-	if err == nil && changed {
-		err = f.Sync()
-	}
-	switch {
-	case err != nil:
-		console("khib: cannot give the swap area on %s back: %v; run mkswap on it before swapon", dev, err)
-	case changed:
-		console("khib: the swap area on %s has its swap signature back; the image in it is given up", dev)
-	}
 }
 
 // checkResumable refuses an image that this machine and kernel cannot

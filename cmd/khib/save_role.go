@@ -15,7 +15,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/khib/khib/internal/blockmap"
 	"github.com/khib/khib/internal/elfcore"
 	"github.com/khib/khib/internal/image"
 	"github.com/khib/khib/internal/kexec"
@@ -63,24 +62,31 @@ func save(h *helperEnv, req mailbox.Request) (resp mailbox.Response) {
 		// back, so that A can go on swapping to it.
 		swapDev, err := writeSwapMap(req.SwapMap, nonce)
 		if err != nil {
-			giveBackSwapIn(swapDev, req.SwapMap.Anchor)
+			giveBackSwap("khib-helper", swapDev, req.SwapMap.Anchor)
 			return fail("save: %v", err)
 		}
 		defer func() {
 			if !saved {
-				giveBackSwapIn(swapDev, req.SwapMap.Anchor)
+				giveBackSwap("khib-helper", swapDev, req.SwapMap.Anchor)
 			}
 		}()
 	}
 	// The device A reserved, by the nonce A wrote there: at its start, or
-	// at the start of the image space of the block map A wrote.
+	// at the start of the image space of the block map A wrote. A dir or
+	// s3 target the helper makes itself, with the reservation that A
+	// left in its RAM as the first page.
 	var tg store.Store
-	if where.S3 != "" {
-		tg, err = openS3Target(req, nonce)
-	} else if where.Dir != nil {
-		// A file on a filesystem the helper mounts (dir:): the helper
-		// makes the file and writes the reservation A left in its RAM.
-		tg, err = openDirTarget(*where.Dir, req.Reservation, nonce)
+	var rsv *image.Superblock
+	if where.S3 != "" || where.Dir != nil {
+		var page []byte
+		if page, rsv, err = reservationInRAM(req.Reservation, nonce); err != nil {
+			return fail("save: %v", err)
+		}
+		if where.S3 != "" {
+			tg, err = openS3Target(req, page)
+		} else {
+			tg, err = openDirTarget(*where.Dir, page)
+		}
 	} else {
 		tg, err = store.Find(where, func(s store.Store) bool {
 			_, err := image.FindReservation(s, nonce)
@@ -96,16 +102,11 @@ func save(h *helperEnv, req mailbox.Request) (resp mailbox.Response) {
 		path = dev.Name()
 	}
 	// An encrypted save: the reservation carries the key slots, the
-	// mailbox carried the key (serve took it out). A store the helper
-	// only writes (an object upload) gets it from A's RAM.
-	var rsv *image.Superblock
-	if where.S3 != "" {
-		rsv, err = reservationInRAM(req.Reservation, nonce)
-	} else {
-		rsv, err = image.FindReservation(tg, nonce)
-	}
-	if err != nil {
-		return fail("save: %s: %v", path, err)
+	// mailbox carried the key (serve took it out).
+	if rsv == nil {
+		if rsv, err = image.FindReservation(tg, nonce); err != nil {
+			return fail("save: %s: %v", path, err)
+		}
 	}
 	enc, err := saveEncryption(rsv, h.key)
 	if err != nil {
@@ -227,22 +228,26 @@ func targetFailure(tg store.Store, path string, size int64, err error) string {
 }
 
 // reservationInRAM reads the reservation A left at the physical
-// address rsv.
-func reservationInRAM(rsv uint64, nonce image.Nonce) (*image.Superblock, error) {
+// address rsv, for a target A could not write (swap, dir, s3): the page,
+// to be written as the image's first, and its superblock.
+func reservationInRAM(rsv uint64, nonce image.Nonce) ([]byte, *image.Superblock, error) {
 	page, err := kexec.ReadPhys(rsv, image.SuperblockSize)
 	if err != nil {
-		return nil, fmt.Errorf("reading the reservation in A's RAM: %w", err)
+		return nil, nil, fmt.Errorf("reading the reservation in A's RAM: %w", err)
 	}
 	sb, err := image.FindReservation(bytes.NewReader(page), nonce)
-	if err != nil {
-		return nil, fmt.Errorf("the reservation in A's RAM is not this request's: %w", err)
+	if err == nil && sb.State != image.StateWriting {
+		err = fmt.Errorf("state %v", sb.State)
 	}
-	return sb, nil
+	if err != nil {
+		return nil, nil, fmt.Errorf("the reservation in A's RAM is not this request's: %w", err)
+	}
+	return page, sb, nil
 }
 
 // openS3Target brings up the network as A had it and starts the upload,
-// with the reservation A left in its RAM as the object's first page.
-func openS3Target(req mailbox.Request, nonce image.Nonce) (store.Store, error) {
+// with rsv, the reservation A left in its RAM, as the object's first page.
+func openS3Target(req mailbox.Request, rsv []byte) (store.Store, error) {
 	if req.S3 == nil {
 		return nil, fmt.Errorf("an s3 target without its credentials and network in the request")
 	}
@@ -259,16 +264,12 @@ func openS3Target(req mailbox.Request, nonce image.Nonce) (store.Store, error) {
 		return nil, fmt.Errorf("the network: %w", err)
 	}
 	console("khib-helper: network up: %s %s, %s", ifname, nc.Addr, gatewayText(nc))
-	page, err := kexec.ReadPhys(req.Reservation, image.SuperblockSize)
-	if err != nil {
-		return nil, fmt.Errorf("reading the reservation in A's RAM: %w", err)
-	}
 	creds := &objstore.Credentials{AccessKey: req.S3.AccessKey, SecretKey: req.S3.SecretKey, File: "A's " + loc.Creds}
 	st, err := store.CreateS3(context.Background(), loc, creds)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := st.WriteAt(page, 0); err != nil {
+	if _, err := st.WriteAt(rsv, 0); err != nil {
 		st.Close()
 		return nil, fmt.Errorf("%s: %w", st.Name(), err)
 	}
@@ -276,16 +277,9 @@ func openS3Target(req mailbox.Request, nonce image.Nonce) (store.Store, error) {
 }
 
 // openDirTarget mounts a dir: target's filesystem (or starts its FUSE
-// program), makes the file and writes into it the reservation that A
-// left at the physical address rsv.
-func openDirTarget(sp target.Spec, rsv uint64, nonce image.Nonce) (store.Store, error) {
-	page, err := kexec.ReadPhys(rsv, image.SuperblockSize)
-	if err != nil {
-		return nil, fmt.Errorf("reading the reservation in A's RAM: %w", err)
-	}
-	if _, err := image.FindReservation(bytes.NewReader(page), nonce); err != nil {
-		return nil, fmt.Errorf("the reservation in A's RAM is not this request's: %w", err)
-	}
+// program), makes the file and writes into it rsv, the reservation that
+// A left in its RAM.
+func openDirTarget(sp target.Spec, rsv []byte) (store.Store, error) {
 	st, err := store.OpenDir(sp, "/mnt/khib-target", true, true)
 	if err != nil {
 		return nil, err
@@ -294,30 +288,11 @@ func openDirTarget(sp target.Spec, rsv uint64, nonce image.Nonce) (store.Store, 
 		st.Close()
 		return nil, fmt.Errorf("%s: the filesystem is full: %d KiB free", st.Name(), st.Size()>>10)
 	}
-	if _, err := st.WriteAt(page, 0); err != nil {
+	if _, err := st.WriteAt(rsv, 0); err != nil {
 		st.Close()
 		return nil, fmt.Errorf("%s: writing the reservation: %w", st.Name(), err)
 	}
 	return st, nil
-}
-
-// giveBackSwapIn restores the swap signature on dev if the helper marked
-// it, so that A, going on, finds its swap area as it left it.
-func giveBackSwapIn(dev string, anchor int64) {
-	if dev == "" {
-		return
-	}
-	f, err := os.OpenFile(dev, os.O_RDWR, 0)
-	if err != nil {
-		console("khib-helper: cannot give the swap area on %s back: %v", dev, err)
-		return
-	}
-	defer f.Close()
-	if _, err := blockmap.RestoreSwap(f, anchor); err != nil {
-		console("khib-helper: cannot give the swap area on %s back: %v", dev, err)
-		return
-	}
-	f.Sync()
 }
 
 func codecName(c string) string {

@@ -61,12 +61,9 @@ func writeSwapMapOn(f *os.File, sm *mailbox.SwapMap, nonce image.Nonce) error {
 	if err != nil {
 		return err
 	}
-	rsv, err := readPage(sm.Reservation)
+	rsv, _, err := reservationInRAM(sm.Reservation, nonce)
 	if err != nil {
-		return fmt.Errorf("reading the reservation in A's RAM: %w", err)
-	}
-	if sb, err := image.FindReservation(bytes.NewReader(rsv), nonce); err != nil || sb.State != image.StateWriting {
-		return fmt.Errorf("the reservation in A's RAM is not this request's: %v", err)
+		return err
 	}
 	m, err := blockmap.Plan(blockmap.KindSwap, nonce, sm.Anchor, ext)
 	if err != nil {
@@ -82,4 +79,27 @@ func writeSwapMapOn(f *os.File, sm *mailbox.SwapMap, nonce image.Nonce) error {
 		return fmt.Errorf("syncing: %w", err)
 	}
 	return nil
+}
+
+// giveBackSwap puts the swap signature back on the swap area at anchor
+// on dev if khib's mark is there, and says so on the console as who: the
+// helper after a failed save (A goes on swapping to it), stage 1 when it
+// does not resume from it (the system's swapon must find a swap area).
+func giveBackSwap(who, dev string, anchor int64) {
+	if dev == "" {
+		return
+	}
+	f, err := os.OpenFile(dev, os.O_RDWR, 0)
+	if err == nil {
+		defer f.Close()
+		var changed bool
+		if changed, err = blockmap.RestoreSwap(f, anchor); err == nil && changed {
+			if err = f.Sync(); err == nil {
+				console("%s: the swap area on %s has its swap signature back; the image in it is given up", who, dev)
+			}
+		}
+	}
+	if err != nil {
+		console("%s: cannot give the swap area on %s back: %v; run mkswap on it before swapon", who, dev, err)
+	}
 }

@@ -774,13 +774,11 @@ func distroRefused(ctx context.Context, g *distroGuest, res scenario.Result, bef
 // inspectPartition copies partition p out of disk and inspects the image
 // in it; with form (e.g. "swap:%s@0") the copy's path is put into it.
 func inspectPartition(env *scenario.Env, disk string, p partition, form string) (*inspection, error) {
-	img := env.Path("image.part")
-	defer os.Remove(img)
-	cmd := exec.Command("dd", "if="+disk, "of="+img, "bs=1M", "iflag=skip_bytes,count_bytes",
-		"skip="+strconv.FormatInt(p.Start, 10), "count="+strconv.FormatInt(p.Size, 10), "conv=sparse", "status=none")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("copying the image partition: %v: %s", err, out)
+	img, err := extractRange(env, disk, "image.part", p.Start, p.Size)
+	if err != nil {
+		return nil, err
 	}
+	defer os.Remove(img)
 	if form != "" {
 		return inspectImage(env, fmt.Sprintf(form, img))
 	}

@@ -82,6 +82,11 @@ func runGuest(ctx context.Context, env *scenario.Env, name, initrd, appendLine s
 	cfg.Initrd = initrd
 	cfg.Append = appendLine
 	cfg.Disks = disks
+	return runGuestConfig(ctx, env, name, cfg)
+}
+
+// runGuestConfig is runGuest for a machine configured in full.
+func runGuestConfig(ctx context.Context, env *scenario.Env, name string, cfg vm.Config) (*vm.Machine, error) {
 	m, err := env.Start(ctx, name, cfg)
 	if err != nil {
 		return nil, err
@@ -197,6 +202,46 @@ func checkRefusals(fig scenario.Result, stderr map[string][]string, res scenario
 		}
 	}
 	return nil
+}
+
+// newSwapDisk makes a swap area of mib MiB (mkswap, with uuid if not
+// empty) in the work directory.
+func newSwapDisk(env *scenario.Env, name string, mib int, uuid string) (string, error) {
+	p, err := env.NewDisk(name, mib)
+	if err != nil {
+		return "", err
+	}
+	args := []string{p}
+	if uuid != "" {
+		args = []string{"-U", uuid, p}
+	}
+	if out, err := exec.Command("mkswap", args...).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("mkswap: %v\n%s", err, out)
+	}
+	return p, nil
+}
+
+// newVfatDisk makes a vfat filesystem of mib MiB in the work directory,
+// with mkfs.vfat's further args.
+func newVfatDisk(env *scenario.Env, name string, mib int, args ...string) (string, error) {
+	p := env.Path(name)
+	args = append(append([]string{"-C"}, args...), p, fmt.Sprint(mib*1024))
+	if out, err := exec.Command("mkfs.vfat", args...).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("mkfs.vfat (apt-get install dosfstools): %v\n%s", err, out)
+	}
+	return p, nil
+}
+
+// extractRange copies size bytes at off of disk into the work directory
+// as name, sparse: an image partition, or a file of khib-fusefs's store.
+func extractRange(env *scenario.Env, disk, name string, off, size int64) (string, error) {
+	out := env.Path(name)
+	cmd := exec.Command("dd", "if="+disk, "of="+out, "bs=1M", "iflag=skip_bytes,count_bytes",
+		"skip="+strconv.FormatInt(off, 10), "count="+strconv.FormatInt(size, 10), "conv=sparse", "status=none")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("copying %d bytes at %d of %s: %v: %s", size, off, disk, err, b)
+	}
+	return out, nil
 }
 
 // inspection is what the scenarios read of khib image inspect --json.

@@ -109,47 +109,36 @@ func runTargetRefusals(ctx context.Context, env *scenario.Env) (scenario.Result,
 	if err != nil {
 		return res, err
 	}
-	// A swap area the image cannot fit in once A keeps its share.
-	swap, err := env.NewDisk("swap.img", 160)
+	// A swap area the image cannot fit in once A keeps its share, and
+	// one that A does not use.
+	swap, err := newSwapDisk(env, "swap.img", 160, "")
 	if err != nil {
 		return res, err
 	}
-	if out, err := exec.Command("mkswap", swap).CombinedOutput(); err != nil {
-		return res, fmt.Errorf("mkswap: %v\n%s", err, out)
+	spare, err := newSwapDisk(env, "spare-swap.img", 32, "")
+	if err != nil {
+		return res, err
 	}
 	// A vfat disk with 2 MiB free, and one that A mounts.
-	full := env.Path("full.img")
-	if out, err := exec.Command("mkfs.vfat", "-C", full, fmt.Sprint(40*1024)).CombinedOutput(); err != nil {
-		return res, fmt.Errorf("mkfs.vfat: %v\n%s", err, out)
+	full, err := newVfatDisk(env, "full.img", 40)
+	if err != nil {
+		return res, err
 	}
 	filler := env.Path("filler")
 	if out, err := exec.Command("sh", "-c", fmt.Sprintf("head -c %d /dev/urandom >%s && mcopy -i %s %s ::/filler", 37<<20, filler, full, filler)).CombinedOutput(); err != nil {
 		return res, fmt.Errorf("filling the vfat disk: %v\n%s", err, out)
 	}
-	usb := env.Path("usb.img")
-	if out, err := exec.Command("mkfs.vfat", "-C", usb, fmt.Sprint(16*1024)).CombinedOutput(); err != nil {
-		return res, fmt.Errorf("mkfs.vfat: %v\n%s", err, out)
-	}
-	spare, err := env.NewDisk("spare-swap.img", 32)
+	usb, err := newVfatDisk(env, "usb.img", 16)
 	if err != nil {
 		return res, err
-	}
-	if out, err := exec.Command("mkswap", spare).CombinedOutput(); err != nil {
-		return res, fmt.Errorf("mkswap: %v\n%s", err, out)
 	}
 	cfg := env.Config()
 	cfg.Initrd = initrd
 	cfg.Append = khibAppend(RegionSize)
 	cfg.Disks = []vm.Disk{{Path: img}, {Path: data}, {Path: swap}, {Path: full}, {Path: usb}, {Path: spare}}
 	cfg.Extra = append(cfg.Extra, "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,mac="+s3MAC)
-	m, err := env.Start(ctx, "boot1", cfg)
+	m, err := runGuestConfig(ctx, env, "boot1", cfg)
 	if err != nil {
-		return res, err
-	}
-	if _, err := m.WaitFor(ctx, guestDoneRE, env.Remaining()); err != nil {
-		return res, err
-	}
-	if _, err := m.WaitPowerOff(time.Minute); err != nil {
 		return res, err
 	}
 	fig := scenario.Figures(m)

@@ -94,14 +94,8 @@ echo "khibvm-prepare: $spec"`,
 	// C gave the swap area back: no anchor left.
 	spentRE: regexp.MustCompile(`^khib: no hibernation image on /dev/vdc \(.*no khib anchor`),
 	extraDisk: func(env *scenario.Env) (vm.Disk, error) {
-		p, err := env.NewDisk("swap.img", 512)
-		if err != nil {
-			return vm.Disk{}, err
-		}
-		if out, err := exec.Command("mkswap", "-U", "6b686962-7377-6170-0000-000000000001", p).CombinedOutput(); err != nil {
-			return vm.Disk{}, fmt.Errorf("mkswap: %v\n%s", err, out)
-		}
-		return vm.Disk{Path: p}, nil
+		p, err := newSwapDisk(env, "swap.img", 512, "6b686962-7377-6170-0000-000000000001")
+		return vm.Disk{Path: p}, err
 	},
 	hostImage: func(_ *scenario.Env, disks []vm.Disk, _ string) (string, error) {
 		return "swap:" + disks[2].Path + "@0", nil
@@ -148,11 +142,8 @@ var vfatTarget = &cycleTarget{
 	firstBoot: regexp.MustCompile(`^khib: no hibernation image on /dev/vdc \(dir target .*no such file`),
 	spentRE:   usedRE,
 	extraDisk: func(env *scenario.Env) (vm.Disk, error) {
-		p := env.Path("usb.img")
-		if out, err := exec.Command("mkfs.vfat", "-C", "-F", "32", "-i", "4B484942", "-n", "KHIBUSB", p, fmt.Sprint(1024*1024)).CombinedOutput(); err != nil {
-			return vm.Disk{}, fmt.Errorf("mkfs.vfat (apt-get install dosfstools): %v\n%s", err, out)
-		}
-		return vm.Disk{Path: p}, nil
+		p, err := newVfatDisk(env, "usb.img", 1024, "-F", "32", "-i", "4B484942", "-n", "KHIBUSB")
+		return vm.Disk{Path: p}, err
 	},
 	hostImage: func(env *scenario.Env, disks []vm.Disk, _ string) (string, error) {
 		out := env.Path("image-from-usb.khib")
@@ -211,13 +202,7 @@ var fuseTarget = &cycleTarget{
 				var size, start int64
 				fmt.Sscan(f[1], &size)
 				fmt.Sscan(f[2], &start)
-				img := env.Path("image-from-fuse.khib")
-				dd := exec.Command("dd", "if="+disks[2].Path, "of="+img, "bs=1M", "iflag=skip_bytes,count_bytes",
-					fmt.Sprintf("skip=%d", start), fmt.Sprintf("count=%d", size), "status=none")
-				if b, err := dd.CombinedOutput(); err != nil {
-					return "", fmt.Errorf("dd: %v\n%s", err, b)
-				}
-				return img, nil
+				return extractRange(env, disks[2].Path, "image-from-fuse.khib", start, size)
 			}
 		}
 		return "", fmt.Errorf("no image.khib on the FUSE store: %s", out)
