@@ -106,6 +106,7 @@ func runFlags(o *runOpts, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.opts.Deb, "deb", "", "distro-*: khib's Debian package, installed in the guest with dpkg -i (make deb)")
 	fs.StringVar(&o.opts.After, "after", "", "cycle: shell command run in A after it resumed; ok needs both to exit 0")
 	fs.IntVar(&o.opts.Cycles, "cycles", 0, "soak: hibernate/resume cycles (0: the scenario's default)")
+	fs.StringVar(&o.opts.Append, "append", "", "kernel parameters added to every rig-booted machine's command line (khib.profile=1: the helpers print CPU profiles)")
 	fs.StringVar(&o.opts.Region, "region", "", "cycle, soak: the helper's reservation, crashkernel=SIZE (default "+scenarios.RegionSize+")")
 	fs.IntVar(&o.opts.Runs, "runs", 0, "bench: runs of each measurement, reported as medians (0: 3)")
 	fs.StringVar(&o.opts.Results, "results", "", "bench: write the report (Markdown, CSV, PNG) into this directory")

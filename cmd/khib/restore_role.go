@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -101,13 +102,16 @@ func restore(uuid, whereSpec, netSpec string) error {
 	low := kexec.DefaultLowWindow
 	lowBuf := make([]byte, low.Size())
 	// C's own RAM, which /dev/mem will not map: the low window and R.
+	// RestoreConcurrent's workers write through w at once.
 	w, err := kexec.NewPhysWriter([]kexec.Range{low, {Start: meta.Region.Start, End: meta.Region.End}})
 	if err != nil {
 		return err
 	}
 	defer w.Close()
 	p := newProgress("khib-restore", "restoring", st.Pages*image.PageSize)
-	err = rd.Restore(func(pfn uint64, pages []byte, zero bool) error {
+	var pmu sync.Mutex
+	prof := startProfile("restore")
+	err = rd.RestoreConcurrent(func(pfn uint64, pages []byte, zero bool) error {
 		got := kexec.Range{Start: pfn * image.PageSize, End: pfn*image.PageSize + uint64(len(pages))}
 		for _, part := range kexec.Subtract(got, []kexec.Range{low}) {
 			if err := w.Write(part.Start, pages[part.Start-got.Start:part.End-got.Start], zero); err != nil {
@@ -115,16 +119,19 @@ func restore(uuid, whereSpec, netSpec string) error {
 			}
 		}
 		// A's low window is the helper's own RAM now; it goes back with
-		// the final jump, as a kexec segment.
+		// the final jump, as a kexec segment. Calls cover disjoint pages.
 		if a, b := max(got.Start, low.Start), min(got.End, low.End); a < b {
 			copy(lowBuf[a-low.Start:b-low.Start], pages[a-got.Start:b-got.Start])
 		}
+		pmu.Lock()
 		p.add(uint64(len(pages)))
+		pmu.Unlock()
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("restoring from %s (A's memory is now partly overwritten): %w", path, err)
 	}
+	prof.stop()
 	if err := w.Close(); err != nil {
 		return fmt.Errorf("restoring A's memory: %w", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -120,6 +121,24 @@ func checkCorruptData(t *testing.T, rd *Reader, off uint64, chunk int) {
 	if data != rd.ix.chunkOrd[chunk] {
 		t.Errorf("offset %#x in chunk %d: Restore handed %d data pages, the chunks before hold %d",
 			off, chunk, data, rd.ix.chunkOrd[chunk])
+	}
+	// RestoreConcurrent fails at the same chunk, and never hands out its
+	// pages (later chunks' may go out first).
+	var mu sync.Mutex
+	handed := map[uint64]bool{}
+	err = rd.RestoreConcurrent(func(pfn uint64, p []byte, zero bool) error {
+		mu.Lock()
+		defer mu.Unlock()
+		for i := range uint64(len(p) / PageSize) {
+			handed[pfn+i] = !zero
+		}
+		return nil
+	})
+	if !errors.As(err, &fe) || fe.Chunk != chunk {
+		t.Errorf("offset %#x in chunk %d: RestoreConcurrent = %v", off, chunk, err)
+	}
+	if handed[firstPFN(rd, chunk)] {
+		t.Errorf("offset %#x in chunk %d: RestoreConcurrent handed out a page of the bad chunk", off, chunk)
 	}
 	if _, err := rd.ReadPage(firstPFN(rd, chunk)); !errors.As(err, &fe) || fe.Chunk != chunk {
 		t.Errorf("offset %#x in chunk %d: ReadPage = %v", off, chunk, err)

@@ -267,6 +267,21 @@ func rehash(img []byte) {
 
 var testZstd = sync.OnceValues(newZstdDecoder)
 
+// pageSum sums pages with their frame numbers, in any order.
+type pageSum struct{ pages, sum uint64 }
+
+func (s *pageSum) add(pfn uint64, p []byte) {
+	for i := 0; i < len(p); i += PageSize {
+		var b [8]byte
+		binary.LittleEndian.PutUint64(b[:], pfn+uint64(i/PageSize))
+		d := xxhash.New()
+		d.Write(b[:])
+		d.Write(p[i : i+PageSize])
+		s.pages++
+		s.sum += d.Sum64()
+	}
+}
+
 // checkImage runs every read path over an image and checks what must hold
 // whatever the bytes: no panic, errors classified, Verify's verdict agreeing
 // with Restore's, pages in order.
@@ -299,7 +314,9 @@ func checkImageKey(t *testing.T, data, key []byte) {
 	var pages uint64
 	var next uint64
 	firsts := map[uint64][]byte{}
+	var sum pageSum
 	rerr := rd.Restore(func(pfn uint64, p []byte, zero bool) error {
+		sum.add(pfn, p)
 		if len(p) == 0 || len(p)%PageSize != 0 {
 			t.Fatalf("Restore handed %d bytes", len(p))
 		}
@@ -321,6 +338,25 @@ func checkImageKey(t *testing.T, data, key []byte) {
 	}
 	if rerr == nil && pages != sb.Pages {
 		t.Fatalf("Restore handed %d pages, the superblock says %d", pages, sb.Pages)
+	}
+	// RestoreConcurrent: the same verdict and, when it succeeds, the same
+	// pages at the same frames, in whatever order.
+	var csum pageSum
+	var mu sync.Mutex
+	cerr := rd.RestoreConcurrent(func(pfn uint64, p []byte, zero bool) error {
+		if len(p) == 0 || len(p)%PageSize != 0 {
+			t.Errorf("RestoreConcurrent handed %d bytes", len(p))
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		csum.add(pfn, p)
+		return nil
+	})
+	if (rerr == nil) != (cerr == nil) {
+		t.Fatalf("Restore: %v, RestoreConcurrent: %v", rerr, cerr)
+	}
+	if rerr == nil && csum != sum {
+		t.Fatalf("RestoreConcurrent handed other pages than Restore (%+v, %+v)", csum, sum)
 	}
 	for pfn, want := range firsts {
 		got, err := rd.ReadPage(pfn)

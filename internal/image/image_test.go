@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/cespare/xxhash/v2"
@@ -94,6 +95,32 @@ func TestRoundTrip(t *testing.T) {
 			for pfn, p := range want {
 				if !bytes.Equal(got[pfn], p) {
 					t.Fatalf("Restore: pfn %#x differs", pfn)
+				}
+			}
+
+			// The same pages from RestoreConcurrent, each frame once.
+			var mu sync.Mutex
+			cgot := map[uint64][]byte{}
+			err = rd.RestoreConcurrent(func(pfn uint64, p []byte, zero bool) error {
+				mu.Lock()
+				defer mu.Unlock()
+				for i := 0; i < len(p)/PageSize; i++ {
+					if _, dup := cgot[pfn+uint64(i)]; dup {
+						t.Errorf("RestoreConcurrent: pfn %#x twice", pfn+uint64(i))
+					}
+					cgot[pfn+uint64(i)] = bytes.Clone(p[i*PageSize : (i+1)*PageSize])
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatalf("RestoreConcurrent: %v", err)
+			}
+			if len(cgot) != len(want) {
+				t.Fatalf("RestoreConcurrent gave %d pages, want %d", len(cgot), len(want))
+			}
+			for pfn, p := range want {
+				if !bytes.Equal(cgot[pfn], p) {
+					t.Fatalf("RestoreConcurrent: pfn %#x differs", pfn)
 				}
 			}
 

@@ -302,11 +302,11 @@ func (rd *Reader) chunkBufs() chunkBufs {
 // raw, or for a raw chunk in stored or plain). The stored bytes stay as
 // they were read. No page of a chunk is returned unless all of it checked
 // out.
-func (rd *Reader) readChunk(i int, bufs chunkBufs) ([]byte, error) {
+func (rd *Reader) readChunk(src io.ReaderAt, i int, bufs chunkBufs) ([]byte, error) {
 	c := &rd.ix.chunks[i]
 	raw := bufs.raw
 	b := bufs.stored[:chunkHeaderSize+int(c.Stored)]
-	if err := readFull(rd.r, b, c.Offset); err != nil {
+	if err := readFull(src, b, c.Offset); err != nil {
 		if err == errShort {
 			return nil, chunkErr(i, c.Offset, "truncated")
 		}
@@ -390,7 +390,7 @@ func (rd *Reader) cached(ci int) (*cached, error) {
 		victim.bufs = rd.chunkBufs()
 	}
 	victim.chunk = -1
-	pages, err := rd.readChunk(ci, victim.bufs)
+	pages, err := rd.readChunk(rd.r, ci, victim.bufs)
 	if err != nil {
 		return nil, err
 	}
@@ -486,6 +486,67 @@ func (rd *Reader) Restore(fn func(pfn uint64, pages []byte, zero bool) error) er
 	return rd.checkDataHash(h)
 }
 
+// RestoreConcurrent restores like Restore, but fn gets each chunk's pages
+// from the goroutine that read and checked the chunk, as soon as it has:
+// fn runs on up to Workers goroutines at once, every call for pages of
+// its own, in no particular order. The zero runs come from the calling
+// goroutine, first. As with Restore, no page of a chunk reaches fn before
+// all of the chunk checked out, and an error stops the restore with the
+// pages handed out so far written; the data area's hash is checked last.
+// It is for a caller whose writes cost more than decoding (C writing A's
+// memory), so that they spread over the CPUs.
+func (rd *Reader) RestoreConcurrent(fn func(pfn uint64, pages []byte, zero bool) error) error {
+	var dataRuns []int
+	for i, r := range rd.ix.runs {
+		if r.Kind != KindZero {
+			dataRuns = append(dataRuns, i)
+		}
+	}
+	deliver := func(i int, pages []byte) error {
+		ord := rd.ix.chunkOrd[i]
+		k := sort.Search(len(dataRuns), func(k int) bool {
+			r := dataRuns[k]
+			return rd.ix.runOrd[r]+uint64(rd.ix.runs[r].Count) > ord
+		})
+		for len(pages) > 0 {
+			if k == len(dataRuns) {
+				return chunkErr(i, rd.ix.chunks[i].Offset, "pages beyond the index's runs")
+			}
+			r := rd.ix.runs[dataRuns[k]]
+			skip := ord - rd.ix.runOrd[dataRuns[k]]
+			n := min(uint64(r.Count)-skip, uint64(len(pages))/PageSize)
+			if err := fn(r.Start+skip, pages[:n*PageSize], false); err != nil {
+				return err
+			}
+			pages, ord, k = pages[n*PageSize:], ord+n, k+1
+		}
+		return nil
+	}
+	s := rd.streamTo(deliver)
+	defer s.stop()
+	for _, run := range rd.ix.runs {
+		if run.Kind != KindZero {
+			continue
+		}
+		for pfn, left := run.Start, uint64(run.Count); left > 0; {
+			n := min(left, uint64(len(zeroPages)/PageSize))
+			if err := fn(pfn, zeroPages[:n*PageSize], true); err != nil {
+				return err
+			}
+			pfn, left = pfn+n, left-n
+		}
+	}
+	h := xxhash.New()
+	for s.n < len(rd.ix.chunks) {
+		j, err := s.next()
+		if err != nil {
+			return err
+		}
+		h.Write(j.bufs.stored[:chunkHeaderSize+int(rd.ix.chunks[j.i].Stored)])
+	}
+	return rd.checkDataHash(h)
+}
+
 // checkDataHash finishes the data area's hash h, which has the chunks
 // hashed in order, with the area's padding and compares it.
 func (rd *Reader) checkDataHash(h *xxhash.Digest) error {
@@ -508,6 +569,7 @@ func (rd *Reader) checkDataHash(h *xxhash.Digest) error {
 // the caller.
 type chunkStream struct {
 	rd    *Reader
+	ra    *readAhead
 	free  chan *rjob
 	order chan *rjob
 	quit  chan struct{}
@@ -524,7 +586,12 @@ type rjob struct {
 	done  chan struct{}
 }
 
-func (rd *Reader) stream() *chunkStream {
+func (rd *Reader) stream() *chunkStream { return rd.streamTo(nil) }
+
+// streamTo is stream with deliver, if not nil, called by the worker that
+// read and checked a chunk, before the chunk is handed out; its error
+// becomes the chunk's.
+func (rd *Reader) streamTo(deliver func(i int, pages []byte) error) *chunkStream {
 	workers := min(max(rd.Workers, 1), 64)
 	njobs := workers + 2
 	s := &chunkStream{
@@ -542,6 +609,7 @@ func (rd *Reader) stream() *chunkStream {
 		j.bufs = rd.chunkBufs()
 		s.free <- j
 	}
+	s.ra = newReadAhead(rd.r, int64(rd.sb.DataOff), int64(rd.sb.DataOff+rd.sb.DataLen))
 	work := make(chan *rjob, njobs)
 	s.wg.Add(1 + workers)
 	go func() {
@@ -569,7 +637,10 @@ func (rd *Reader) stream() *chunkStream {
 				case <-s.quit:
 					j.pages, j.err = nil, errStopped
 				default:
-					j.pages, j.err = rd.readChunk(j.i, j.bufs)
+					j.pages, j.err = rd.readChunk(s.ra, j.i, j.bufs)
+					if j.err == nil && deliver != nil {
+						j.err = deliver(j.i, j.pages)
+					}
 				}
 				j.done <- struct{}{}
 			}
@@ -597,12 +668,18 @@ func (s *chunkStream) next() (*rjob, error) {
 	}
 	s.n++
 	s.prev = j
+	// Every chunk up to j is read: the data before its end is not needed.
+	c := &s.rd.ix.chunks[j.i]
+	s.ra.release(int64(c.Offset) + chunkHeaderSize + int64(c.Stored))
 	return j, nil
 }
 
 // stop ends the goroutines and waits for them.
 func (s *chunkStream) stop() {
 	close(s.quit)
+	if s.ra != nil {
+		s.ra.stop()
+	}
 	for j := range s.order {
 		<-j.done
 	}

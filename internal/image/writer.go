@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/cespare/xxhash/v2"
 	"github.com/klauspost/compress/s2"
@@ -70,11 +71,18 @@ type Writer struct {
 	zenc    *zstd.Encoder
 
 	// Owned by the sequencer until seqDone is closed.
-	chunks   []Chunk
-	out      []byte // staged bytes of the data area, starting at outOff
-	outOff   uint64
-	dataEnd  uint64 // offset after the last chunk
-	dataHash *xxhash.Digest
+	chunks []Chunk
+	out    []byte // staged bytes of the data area, starting at outOff
+	outOff uint64
+	// The data area goes out on its own goroutine (writeLoop), so that
+	// the device works while the CPUs compress: full buffers to writes,
+	// written ones back to outFree.
+	outFree       chan []byte
+	writes        chan pendingWrite
+	writeDone     chan struct{}
+	writesStopped bool
+	dataEnd       uint64 // offset after the last chunk
+	dataHash      *xxhash.Digest
 
 	errMu sync.Mutex
 	err   error // the first error; every later call returns it
@@ -88,8 +96,20 @@ type Writer struct {
 const maxWorkers = 64
 
 // flushSize is how much of the data area the writer gathers before it
-// writes: big enough that a block device sees few, large, aligned writes.
-const flushSize = 1 << 20
+// writes: big enough that a block device sees few, large, aligned writes
+// (which a store may send past the page cache: internal/store's directIO).
+// outBuffers of them are in flight at most.
+const (
+	flushSize  = 4 << 20
+	outBuffers = 3
+)
+
+// pendingWrite is a piece of the data area on its way to the device.
+type pendingWrite struct {
+	buf []byte // from outFree
+	n   int    // bytes to write
+	off uint64
+}
 
 // job is one chunk on its way through the pipeline.
 type job struct {
@@ -239,7 +259,14 @@ func NewWriter(w io.WriterAt, capacity int64, opts WriterOptions) (*Writer, erro
 			done: make(chan struct{}, 1),
 		}
 	}
-	wr.out = make([]byte, 0, flushSize+chunkHeaderSize+cp*PageSize+sealOverhead+PageSize)
+	wr.outFree = make(chan []byte, outBuffers)
+	for range outBuffers {
+		wr.outFree <- alignedBuffer(flushSize + chunkHeaderSize + cp*PageSize + sealOverhead + PageSize)
+	}
+	wr.out = (<-wr.outFree)[:0]
+	wr.writes = make(chan pendingWrite, outBuffers)
+	wr.writeDone = make(chan struct{})
+	go wr.writeLoop()
 	for range workers {
 		wr.workers.Add(1)
 		go wr.compressLoop()
@@ -466,8 +493,11 @@ func (w *Writer) emit(j *job) error {
 	return nil
 }
 
-// flush writes the staged whole pages, or with final everything, padded
-// with zeros to a page.
+// flush hands the staged whole pages, or with final everything, padded
+// with zeros to a page, to writeLoop; the bytes after the last whole page
+// move to the next buffer. A final flush waits until everything is
+// written. A write's error shows at a later flush (and at the final one
+// for sure), and stops the save there.
 func (w *Writer) flush(final bool) error {
 	n := len(w.out) &^ (PageSize - 1)
 	if final {
@@ -477,15 +507,49 @@ func (w *Writer) flush(final bool) error {
 		w.dataHash.Write(w.out[start:])
 		n = len(w.out)
 	}
-	if n == 0 {
-		return nil
+	if n > 0 {
+		next := <-w.outFree
+		next = next[:copy(next[:cap(next)], w.out[n:])]
+		w.writes <- pendingWrite{buf: w.out, n: n, off: w.outOff}
+		w.outOff += uint64(n)
+		w.out = next
 	}
-	if _, err := w.w.WriteAt(w.out[:n], int64(w.outOff)); err != nil {
-		return fmt.Errorf("image: writing data at offset %#x: %w", w.outOff, err)
+	if final {
+		w.stopWrites()
 	}
-	w.outOff += uint64(n)
-	w.out = w.out[:copy(w.out, w.out[n:])]
-	return nil
+	return w.failed()
+}
+
+// stopWrites waits for the pieces handed to writeLoop and ends it.
+func (w *Writer) stopWrites() {
+	if !w.writesStopped {
+		w.writesStopped = true
+		close(w.writes)
+		<-w.writeDone
+	}
+}
+
+// writeLoop writes the data area's pieces in order. After an error it
+// writes no more, and only hands the buffers back.
+func (w *Writer) writeLoop() {
+	defer close(w.writeDone)
+	for p := range w.writes {
+		if w.failed() == nil {
+			if _, err := w.w.WriteAt(p.buf[:p.n], int64(p.off)); err != nil {
+				w.fail(fmt.Errorf("image: writing data at offset %#x: %w", p.off, err))
+			}
+		}
+		w.outFree <- p.buf[:0]
+	}
+}
+
+// alignedBuffer returns n zeroed bytes at an address that is a multiple of
+// the page size, so that a write from them, or a read into them, may go
+// straight to a device (O_DIRECT).
+func alignedBuffer(n int) []byte {
+	b := make([]byte, n+PageSize)
+	skip := (PageSize - int(uintptr(unsafe.Pointer(unsafe.SliceData(b)))%PageSize)) % PageSize
+	return b[skip : skip+n : skip+n]
 }
 
 // tooSmall builds the error for a chunk that does not fit, with the size
@@ -550,6 +614,7 @@ func (w *Writer) finish() error {
 	w.workers.Wait()
 	w.closeCodec()
 	if err := w.failed(); err != nil {
+		w.stopWrites()
 		return err
 	}
 	if err := w.flush(true); err != nil {

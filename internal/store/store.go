@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/khib/khib/internal/blockmap"
 	"github.com/khib/khib/internal/target"
 )
@@ -90,7 +92,7 @@ func ParseWhere(s string) (Where, error) {
 }
 
 type device struct {
-	*os.File
+	*directIO
 	size int64
 	name string
 }
@@ -100,12 +102,13 @@ func (d *device) Name() string     { return d.name }
 func (d *device) Device() *os.File { return d.File }
 func (d *device) Spent() error     { return nil }
 func (d *device) Kind() string     { return "device" }
-func (d *device) Close() error     { return d.File.Close() }
+func (d *device) Close() error     { return d.directIO.Close() }
 func (d *device) Sync() error      { return d.File.Sync() }
 
 type mapped struct {
 	*blockmap.View
 	f    *os.File
+	io   *directIO
 	m    *blockmap.Map
 	name string
 }
@@ -113,7 +116,7 @@ type mapped struct {
 func (m *mapped) Name() string     { return m.name }
 func (m *mapped) Device() *os.File { return m.f }
 func (m *mapped) Sync() error      { return m.f.Sync() }
-func (m *mapped) Close() error     { return m.f.Close() }
+func (m *mapped) Close() error     { return m.io.Close() }
 func (m *mapped) Kind() string     { return m.m.Kind.String() }
 func (m *mapped) Map() *blockmap.Map {
 	return m.m
@@ -130,8 +133,15 @@ func (m *mapped) Spent() error {
 }
 
 // OnDevice returns the whole device f (of size bytes) as a store.
+// Large aligned transfers bypass the page cache (directIO).
 func OnDevice(f *os.File, size int64) Store {
-	return &device{File: f, size: size, name: f.Name()}
+	return &device{directIO: newDirectIO(f, writable(f)), size: size, name: f.Name()}
+}
+
+// writable says whether f was opened for writing.
+func writable(f *os.File) bool {
+	fl, err := unix.FcntlInt(f.Fd(), unix.F_GETFL, 0)
+	return err == nil && fl&unix.O_ACCMODE != unix.O_RDONLY
 }
 
 // Mapped opens the block map anchored at anchor on the open device f.
@@ -148,7 +158,8 @@ func Mapped(f *os.File, anchor int64) (Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", f.Name(), err)
 	}
-	return &mapped{View: m.View(f), f: f, m: m,
+	d := newDirectIO(f, writable(f))
+	return &mapped{View: m.View(d), f: f, io: d, m: m,
 		name: fmt.Sprintf("%s on %s (anchor at %d, %d extents)", m.Kind, f.Name(), anchor, len(m.List))}, nil
 }
 

@@ -126,6 +126,10 @@ type Options struct {
 	// Region is the helper's reservation (crashkernel=) for the scenarios
 	// that take it; "" is their default.
 	Region string
+	// Append is added to the kernel command line of every machine the
+	// scenario boots with a kernel of the rig's (not through a boot
+	// loader), such as khib.profile=1.
+	Append string
 }
 
 // Env is what a running scenario works with.
@@ -237,6 +241,9 @@ func (e *Env) Start(ctx context.Context, name string, cfg vm.Config) (*vm.Machin
 	// that boots its disk's boot loader takes its command line from there.
 	if e.Verbose && cfg.Kernel != "" {
 		cfg.Append = strings.TrimSpace(cfg.Append + " " + helper.HelperLoglevelParam + "=8")
+	}
+	if e.Append != "" && cfg.Kernel != "" {
+		cfg.Append = strings.TrimSpace(cfg.Append + " " + e.Append)
 	}
 	m, err := vm.Start(ctx, cfg)
 	if err != nil {
