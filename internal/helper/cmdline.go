@@ -25,9 +25,10 @@ const DefaultHelperLoglevel = 4
 // carried are the parameters of A's command line a helper takes over, by
 // prefix: where A's console is and how it prints. A's loglevel= and
 // quiet are not among them: the helper's loglevel is its own.
-// ignore_loglevel is, as the explicit request for every message, and so is
-// khib.profile= (cmd/khib: the helpers print a CPU profile of their work).
-var carried = []string{"console=", "earlyprintk=", "panic=", "ignore_loglevel", "printk.time=", "no_console_suspend", "khib.profile="}
+// ignore_loglevel is, as the explicit request for every message, and so are
+// the debugging aids khib.profile= (cmd/khib: the helpers print a CPU
+// profile of their work) and initcall_debug (the kernel times its boot).
+var carried = []string{"console=", "earlyprintk=", "panic=", "ignore_loglevel", "printk.time=", "no_console_suspend", "khib.profile=", "initcall_debug"}
 
 // helperCmdline is the save helper's command line.
 func helperCmdline(extra string) string {

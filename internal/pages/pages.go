@@ -116,12 +116,23 @@ type walker struct {
 	in  Info
 	mem Memory
 	buf [8]byte
-	// The page of struct pages read last, by its virtual address.
+	// The struct pages read last (spRead bytes, by their virtual
+	// address): up to spBatch at a time, within one page-table leaf.
 	spVA   uint64
 	spPage []byte
 	spOK   bool
 	one    []byte
+	// The page-table leaf that translated last: struct pages sit in a
+	// few large leaves (the vmemmap's 2 MiB pages), so that most
+	// translations need no walk.
+	leafVA, leafSize, leafPA uint64
 }
+
+// spBatch is how many bytes of struct pages the walker reads at once: one
+// read of /proc/vmcore costs the helper's kernel a mapping of A's memory,
+// and under QEMU TCG the page-sized reads and their table walks took a
+// second for a 4 GiB guest.
+const spBatch = 64 << 10
 
 // structPage returns the bytes of the struct page at virtual address va.
 // Struct pages are read a page at a time: one translation and one read
@@ -145,20 +156,29 @@ func (w *walker) structPage(va uint64) ([]byte, bool) {
 		return w.one, true
 	}
 	base := va - off
-	if w.spPage == nil || base != w.spVA {
-		if w.spPage == nil {
-			w.spPage = make([]byte, w.in.PageSize)
-		}
-		w.spVA, w.spOK = base, false
+	if w.spPage == nil || base < w.spVA || base >= w.spVA+uint64(len(w.spPage)) {
+		w.spVA, w.spOK, w.spPage = base, false, w.spPage[:0]
 		if pa, err := w.phys(base); err == nil {
-			_, err = w.mem.ReadAtPhys(w.spPage, pa)
+			// As much as spBatch, the leaf's end and the buffer allow,
+			// in whole pages.
+			n := min(spBatch, w.leafVA+w.leafSize-base)
+			if cap(w.spPage) < int(n) {
+				w.spPage = make([]byte, 0, spBatch)
+			}
+			w.spPage = w.spPage[:n]
+			if _, err = w.mem.ReadAtPhys(w.spPage, pa); err != nil && n > w.in.PageSize {
+				// Part of the batch may lie outside the core: the page alone.
+				w.spPage = w.spPage[:w.in.PageSize]
+				_, err = w.mem.ReadAtPhys(w.spPage, pa)
+			}
 			w.spOK = err == nil
 		}
 	}
 	if !w.spOK {
 		return nil, false
 	}
-	return w.spPage[off : off+size], true
+	in := va - w.spVA
+	return w.spPage[in : in+size], true
 }
 
 func (w *walker) u64(phys uint64) (uint64, error) {
@@ -188,6 +208,9 @@ var (
 // phys translates any of A's kernel virtual addresses through A's page
 // tables (4 or 5 levels; 1 GiB and 2 MiB pages allowed).
 func (w *walker) phys(v uint64) (uint64, error) {
+	if w.leafSize != 0 && v >= w.leafVA && v-w.leafVA < w.leafSize {
+		return w.leafPA + (v - w.leafVA), nil
+	}
 	top, err := w.imagePhys(w.in.InitTopPgt)
 	if err != nil {
 		return 0, err
@@ -211,7 +234,8 @@ func (w *walker) phys(v uint64) (uint64, error) {
 		// is always one.
 		if shift == 12 || ((shift == 30 || shift == 21) && e&large != 0) {
 			size := uint64(1) << shift
-			return (e&addrMask)&^(size-1) | v&(size-1), nil
+			w.leafVA, w.leafSize, w.leafPA = v&^(size-1), size, (e&addrMask)&^(size-1)
+			return w.leafPA | v&(size-1), nil
 		}
 		table = e & addrMask
 	}
