@@ -66,7 +66,7 @@ func benchSave(ctx context.Context, env *scenario.Env, name string, mib int, mix
 	if err != nil {
 		return nil, err
 	}
-	m, err := runGuest(ctx, env, name, initrd, khibAppend(RegionSize), vm.Disk{Path: disk})
+	m, err := runGuest(ctx, env, name, initrd, khibAppend(BenchRegion), vm.Disk{Path: disk})
 	if err != nil {
 		return nil, err
 	}

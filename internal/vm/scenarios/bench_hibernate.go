@@ -145,7 +145,7 @@ func (b *benchHib) run(ctx context.Context, env *scenario.Env, system string, mi
 	cfg.Disks = []vm.Disk{{Path: b.imgDisk}, {Path: b.swapDisk}}
 	// The same machine and command line for both, but for the system;
 	// each resume path ignores the other's device.
-	base := khibAppend(RegionSize) + fmt.Sprintf(" khib.resume=/dev/vda resume=/dev/vdb khibvm.phase=%s khibvm.mib=%d", system, mib)
+	base := khibAppend(BenchRegion) + fmt.Sprintf(" khib.resume=/dev/vda resume=/dev/vdb khibvm.phase=%s khibvm.mib=%d", system, mib)
 	cfg.Append = base
 	m, err := env.Start(ctx, name+"-boot1", cfg)
 	if err != nil {

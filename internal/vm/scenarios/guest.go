@@ -21,6 +21,12 @@ import (
 // RegionSize is what the scenarios reserve for the helper with crashkernel=.
 const RegionSize = "256M"
 
+// BenchRegion is R in the benchmarks: crashkernel=128M, the size the
+// helper is meant to fit, which leaves A of a 4 GiB guest room for 3.6 GiB
+// in use (with 256M, A's kernel OOM-killed such a workload as khib
+// hibernate loaded the helper). swsusp runs with the same command line.
+const BenchRegion = "128M"
+
 // khibGuest builds the root filesystem of a system A that runs khib: khib
 // is /init and hands over to script (khib.init=/scenario.sh) after
 // mounting the basics, the way it would hand over to /sbin/init on a real
