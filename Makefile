@@ -14,7 +14,7 @@ STATIC  := CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w"
 # Each entry is scenario[:flags], flags joined with commas.
 VM_TESTS := check-refusals roundtrip:--smp,1 roundtrip:--smp,2 hibernate hibernate-too-small hibernate-write-error hibernate-no-device \
             hibernate-lying-device hibernate-disk-vanishes \
-            cycle cycle:--smp,2 cycle:--region,128M cycle-loopback cycle-armed soak:--cycles,3 resume-corrupt resume-corrupt-restore resume-corrupt-kinds resume-foreign \
+            cycle cycle:--smp,2 cycle:--mem,4096,--workload,3600,--region,128M,--smp,2 cycle-loopback cycle-armed soak:--cycles,3 resume-corrupt resume-corrupt-restore resume-corrupt-kinds resume-foreign \
             corrupt-images powercut-save powercut-resume resume-fs-changed hybrid-wake hybrid-powerloss cycle-encrypted \
             cycle-swap resume-swap-refused cycle-file cycle-vfat cycle-fuse cycle-s3 migrate-s3 target-refusals
 # On the Debian guest (GRUB, initramfs, systemd, the distro kernel, khib from its .deb).

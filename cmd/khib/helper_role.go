@@ -21,6 +21,9 @@ type helperEnv struct {
 	token    mailbox.Token
 	region   kexec.Range // R, which A's loader placed the helper in
 	key      []byte      // the master key of the encrypted save under way, from the mailbox
+	// up is how long the helper's kernel took to boot to khib; a parked
+	// helper resumed later keeps its first boot's (saves never use one).
+	up time.Duration
 }
 
 func parseHelperParams(params map[string]string) (*helperEnv, error) {
@@ -53,11 +56,13 @@ func parseHelperParams(params map[string]string) (*helperEnv, error) {
 // successful save). When A jumps in again, the jump returns here, so A and
 // the helper behave as coroutines and a parked helper needs no boot.
 func runHelper(params map[string]string) {
+	up := upTime()
 	h, err := parseHelperParams(params)
 	if err != nil {
 		console("khib-helper: error: %v; cannot talk to A", err)
 		return
 	}
+	h.up = up
 	console("khib-helper: up, jump-back entry %#x", h.jumpBack)
 	// One segment at the jump-back page, holding that page's own bytes:
 	// the helper's identity map for the jump covers only its own RAM plus

@@ -9,6 +9,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/khib/khib/internal/freecount"
 	"github.com/khib/khib/internal/helper"
@@ -116,9 +117,13 @@ type hibernateResult struct {
 	// Resume is the target as the next boot's stage 1 finds it
 	// (khib.resume=): the same as Target for a device, located forms
 	// (file:DEV@OFFSET, swap:DEV) for a file or swap.
-	Resume  string         `json:"resume,omitempty"`
-	Mode    string         `json:"mode,omitempty"` // helper "fresh" or "armed"
-	AwayS   float64        `json:"away_s,omitempty"`
+	Resume string  `json:"resume,omitempty"`
+	Mode   string  `json:"mode,omitempty"` // helper "fresh" or "armed"
+	AwayS  float64 `json:"away_s,omitempty"`
+	// Phases are the steps each kernel timed on its own clock (phases.go):
+	// A's preparation; after a resume also B's boot, search, classification
+	// and save, stage 1's boot and check, C's boot and restore.
+	Phases  []phase        `json:"phases,omitempty"`
 	Figures map[string]any `json:"figures,omitempty"`
 }
 
@@ -253,6 +258,7 @@ func cmdHibernate(args []string) int {
 	if !*asJSON {
 		if res.resumedFromDisk() {
 			fmt.Printf("khib: resumed; back after %.1f s away\n", res.AwayS)
+			fmt.Fprintf(os.Stderr, "khib: phases: %s\n", phaseLine(res.Phases))
 		} else if res.wokeFromSuspend() {
 			fmt.Printf("khib: woke after %.1f s asleep; the image on %s was not needed and is marked used\n", res.Figures["slept_s"], dev)
 		} else {
@@ -290,6 +296,7 @@ func usableTarget(dev string) (*target.Info, error) {
 }
 
 func hibernate(res *hibernateResult, dev, codec string, ret bool, load helper.Options, cmd string, noFilter bool) error {
+	tStart := time.Now()
 	if os.Geteuid() != 0 {
 		return errors.New("must run as root")
 	}
@@ -349,11 +356,14 @@ func hibernate(res *hibernateResult, dev, codec string, ret bool, load helper.Op
 	if cur, err := helper.Current(); err == nil && cur != nil && cur.Parked() {
 		armed = true
 	}
+	res.Phases = []phase{newPhase("A: checks and prepares the target", time.Since(tStart))}
 	for attempt := 0; ; attempt++ {
+		tLoad := time.Now()
 		st, _, err := helper.Ready(load, true)
 		if err != nil {
 			return err
 		}
+		res.Phases = append(res.Phases[:1], newPhase("A: loads the helper (kernel, initramfs, core headers)", time.Since(tLoad)))
 		res.Mode = "fresh"
 		if armed {
 			res.Mode = "fresh, an armed helper unloaded"
@@ -387,6 +397,11 @@ func hibernate(res *hibernateResult, dev, codec string, ret bool, load helper.Op
 		if !resp.OK {
 			return fmt.Errorf("the helper could not save; this system keeps running: %s", resp.Error)
 		}
+		// B's and C's phases, after a resume: C put them in the answer.
+		res.Phases = append(res.Phases, decodePhases(resp.Figures[savePhasesFigure])...)
+		res.Phases = append(res.Phases, decodePhases(resp.Figures[resumePhasesFigure])...)
+		delete(res.Figures, savePhasesFigure)
+		delete(res.Figures, resumePhasesFigure)
 		if resp.Figures["from_image"] == true {
 			// Resumed from disk. The loaded kexec image now holds garbage:
 			// its pages came from the image, and R held the restore

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -11,6 +13,7 @@ import (
 
 	"github.com/khib/khib/internal/image"
 	"github.com/khib/khib/internal/kexec"
+	"github.com/khib/khib/internal/mailbox"
 	"github.com/khib/khib/internal/netconf"
 	"github.com/khib/khib/internal/objstore"
 	"github.com/khib/khib/internal/store"
@@ -24,7 +27,7 @@ import (
 // image resumable. If anything fails, C marks the image used (a failure
 // must not repeat at every boot), says why and reboots into a normal boot.
 func runRestore(params map[string]string) {
-	err := restore(params["khib.image"], params["khib.where"], params["khib.net"])
+	err := restore(params["khib.image"], params["khib.where"], params["khib.net"], params[stage1Param])
 	console("khib-restore: NOT resuming: %v\n"+
 		"  A cannot be resumed: its memory may be partly written, and the image is marked used so that\n"+
 		"  this does not repeat; rebooting into a normal boot in 5 s. (khib.verify=full on the kernel\n"+
@@ -35,7 +38,8 @@ func runRestore(params map[string]string) {
 	select {}
 }
 
-func restore(uuid, whereSpec, netSpec string) error {
+func restore(uuid, whereSpec, netSpec, stage1 string) error {
+	up := upTime()
 	t0 := time.Now()
 	// An encrypted image's key, which stage 1 put into this initramfs:
 	// read and removed before anything else.
@@ -136,7 +140,18 @@ func restore(uuid, whereSpec, netSpec string) error {
 		return fmt.Errorf("restoring A's memory: %w", err)
 	}
 	p.print()
-	console("khib-restore: A's memory restored in %.1f s; jumping to A at %#x", time.Since(t0).Seconds(), meta.JumpBack)
+	restored := time.Since(t0)
+	console("khib-restore: A's memory restored in %.1f s; jumping to A at %#x", restored.Seconds(), meta.JumpBack)
+	// Where the time went, into the answer A reads when it runs again.
+	resumePhases := append(stage1Phases(stage1),
+		newPhase("C: its kernel boots to khib", up),
+		newPhase("C: finds the image, restores A's pages", restored))
+	if err := tellA(meta, lowBuf, low, map[string]any{
+		savePhasesFigure:   decodePhases(meta.Notes[phasesNote]),
+		resumePhasesFigure: resumePhases,
+	}); err != nil {
+		console("khib-restore: A will not see the resume's figures: %v", err)
+	}
 	console("khib-restore: %s", memoryUse())
 
 	jb := meta.JumpBack
@@ -221,4 +236,25 @@ func markUsed(s store.Store) error {
 		return fmt.Errorf("the image is marked used, but %w", err)
 	}
 	return nil
+}
+
+// tellA adds figs to the answer in A's mailbox page, now that the page is
+// back in A's memory (in lowBuf, when it lies in A's low window, which
+// the final jump puts in place). The page's address is the one B noted.
+func tellA(meta image.Meta, lowBuf []byte, low kexec.Range, figs map[string]any) error {
+	addr, err := strconv.ParseUint(strings.TrimPrefix(meta.Notes[mailboxNote], "0x"), 16, 64)
+	if err != nil || addr%kexec.PageSize != 0 {
+		return fmt.Errorf("no mailbox address in the image's notes (%q)", meta.Notes[mailboxNote])
+	}
+	if addr >= low.Start && addr+kexec.PageSize <= low.End {
+		return mailbox.AddFigures(lowBuf[addr-low.Start:addr-low.Start+kexec.PageSize], figs)
+	}
+	page, err := kexec.ReadPhys(addr, kexec.PageSize)
+	if err != nil {
+		return err
+	}
+	if err := mailbox.AddFigures(page, figs); err != nil {
+		return err
+	}
+	return kexec.WritePhys(addr, page)
 }

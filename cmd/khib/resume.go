@@ -67,6 +67,7 @@ func locateResume(spec string, timeout time.Duration) (string, target.Spec, erro
 // swap to it; the image there is then given up. C marks the image used,
 // once A's pages are all back.
 func resumeFrom(dev string, sp target.Spec, kernel string) {
+	up := upTime()
 	t0 := time.Now()
 	where := store.Where{Mapped: sp.Kind != target.SpecDevice, Anchor: sp.Anchor}
 	var extra []string
@@ -172,8 +173,10 @@ func resumeFrom(dev string, sp target.Spec, kernel string) {
 	if full {
 		what = "every chunk"
 	}
-	console("khib: image intact (%s, %.1f s); loading the restore helper into %s", what, time.Since(t0).Seconds(), meta.Region)
-	plan, err := helper.LoadRestore(kernel, kexec.Range{Start: meta.Region.Start, End: meta.Region.End}, meta.UUID.String(), cParams, key, extra...)
+	checked := time.Since(t0)
+	console("khib: image intact (%s, %.1f s); loading the restore helper into %s", what, checked.Seconds(), meta.Region)
+	plan, err := helper.LoadRestore(kernel, kexec.Range{Start: meta.Region.Start, End: meta.Region.End}, meta.UUID.String(),
+		cParams+" "+stage1Value(up, checked), key, extra...)
 	if err != nil {
 		refuse(dev, sp, fmt.Errorf("loading the restore helper: %w", err))
 		return

@@ -36,6 +36,7 @@ const mapWindow = 64 << 20
 func save(h *helperEnv, req mailbox.Request) (resp mailbox.Response) {
 	// saved: the image is complete and stays; set just before returning.
 	saved := false
+	tStart := time.Now()
 	fail := func(format string, a ...any) mailbox.Response {
 		return mailbox.Response{Error: fmt.Sprintf(format, a...)}
 	}
@@ -138,6 +139,10 @@ func save(h *helperEnv, req mailbox.Request) (resp mailbox.Response) {
 	console("khib-helper: saving A (%s, %d MiB of RAM) to %s (%d MiB), codec %s%s",
 		meta.KernelRelease, totalRAM(meta.RAM)>>20, tg.Name(), size>>20, codecName(req.Codec), sealed)
 
+	phases := []phase{
+		newPhase("B: its kernel boots to khib", h.up),
+		newPhase("B: finds the target, reads A's layout", time.Since(tStart)),
+	}
 	t0 := time.Now()
 	w, err := image.NewWriter(tg, size, image.WriterOptions{
 		Codec: req.Codec, Workers: runtime.NumCPU(), Sync: tg.Sync, Meta: meta, Nonce: nonce, Encryption: enc,
@@ -151,10 +156,18 @@ func save(h *helperEnv, req mailbox.Request) (resp mailbox.Response) {
 		nfree += f.Count
 	}
 	w.SetNote("free_pages", strconv.FormatUint(nfree, 10))
+	tSave := time.Now()
+	phases = append(phases, newPhase("B: classifies A's pages", tSave.Sub(t0)))
 	if err := streamCore(core, w, totalRAM(meta.RAM), free); err != nil {
 		w.Close()
 		return fail("%s", targetFailure(tg, path, size, err))
 	}
+	// Where the time went so far, and where A's mailbox is: C adds its own
+	// phases to A's answer there (restore_role.go). The commit that
+	// follows cannot be in the image it completes.
+	phases = append(phases, newPhase("B: saves (read, compress, hash, write)", time.Since(tSave)))
+	w.SetNote(phasesNote, encodePhases(phases))
+	w.SetNote(mailboxNote, fmt.Sprintf("%#x", h.mailbox))
 	if err := w.Close(); err != nil {
 		return fail("%s", targetFailure(tg, path, size, err))
 	}
@@ -182,6 +195,8 @@ func save(h *helperEnv, req mailbox.Request) (resp mailbox.Response) {
 		"stored_ratio": st.Ratio(),
 		"free_pages":   nfree,
 		"encrypted":    enc != nil,
+		// After --return A reads them here; after a resume, from C.
+		savePhasesFigure: phases,
 	}
 	if req.Suspend {
 		// Hybrid sleep (hybrid.go). Should the image stay complete

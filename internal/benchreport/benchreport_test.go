@@ -12,7 +12,7 @@ func sample() *Report {
 	return &Report{
 		Title: "khib against swsusp",
 		Rows: []Row{
-			{System: "khib", UsedMiB: 256, MemMiB: 4096, SMP: 1, Accel: "tcg", Runs: 3, HibernateS: 4.2, ResumeS: 7.5, ImageMiB: 120},
+			{System: "khib", UsedMiB: 256, MemMiB: 4096, SMP: 1, Accel: "tcg", Runs: 3, HibernateS: 4.2, ResumeS: 7.5, VerifiedS: 8.25, ImageMiB: 120},
 			{System: "swsusp", UsedMiB: 256, MemMiB: 4096, SMP: 1, Accel: "tcg", Runs: 3, HibernateS: 6.1, ResumeS: 9.9, ImageMiB: 150},
 			{System: "khib", UsedMiB: 3600, MemMiB: 4096, SMP: 1, Accel: "tcg", Runs: 3, HibernateS: 40, ResumeS: 50, ImageMiB: 1800},
 			{System: "swsusp", UsedMiB: 3600, MemMiB: 4096, SMP: 1, Accel: "tcg", Runs: 1, Failed: "Error -12 creating image"},
@@ -31,7 +31,7 @@ func TestWriters(t *testing.T) {
 	}{
 		{"markdown", func(b *bytes.Buffer) error { return r.WriteMarkdown(b) }, func(t *testing.T, b []byte) {
 			s := string(b)
-			for _, want := range []string{"| khib | 256 | 4096 | 1 | tcg | 3 | 4.20 | 7.50 | 120.00 |", "Error -12 creating image", "| hibernate vs swsusp | 0.69 | 0.50 |", "B saves"} {
+			for _, want := range []string{"| khib | 256 | 4096 | 1 | tcg | 3 | 4.20 | 7.50 | 8.25 | 120.00 |", "Error -12 creating image", "| hibernate vs swsusp | 0.69 | 0.50 |", "B saves"} {
 				if !strings.Contains(s, want) {
 					t.Errorf("markdown lacks %q:\n%s", want, s)
 				}
@@ -42,7 +42,7 @@ func TestWriters(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(recs) != 1+len(r.Rows)+len(r.Ratios) || recs[1][0] != "khib" || recs[1][6] != "4.20" {
+			if len(recs) != 1+len(r.Rows)+len(r.Ratios) || recs[1][0] != "khib" || recs[1][6] != "4.20" || recs[1][8] != "8.25" {
 				t.Errorf("csv = %q", recs)
 			}
 		}},

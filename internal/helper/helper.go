@@ -101,13 +101,39 @@ func OpenKernel(path string) (*kexec.BzImage, error) {
 // mount points it needs. It is built from the running binary so that A
 // and its helper always run the same khib. Each extra file of A's goes in
 // at its own absolute path.
+//
+// The archive is built in one buffer of its final size, the files read
+// straight into it: every megabyte of fresh memory costs (under the rig's
+// QEMU TCG, first touches cost the host about 5 s per GiB, and a buffer
+// grown by doubling plus a copy of the binary touched four times the
+// archive's size; building the 10 MB archive took 0.28 s).
 func Initramfs(exe string, extra ...string) ([]byte, error) {
-	bin, err := os.ReadFile(exe)
-	if err != nil {
-		return nil, fmt.Errorf("reading khib binary for the helper's initramfs: %w", err)
+	size := int64(64 << 10) // headers, names, directories
+	for i, p := range append([]string{exe}, extra...) {
+		st, err := os.Stat(p)
+		if err != nil {
+			if i == 0 {
+				return nil, fmt.Errorf("reading khib binary for the helper's initramfs: %w", err)
+			}
+			return nil, fmt.Errorf("helper initramfs: %w", err)
+		}
+		size += st.Size() + 512
 	}
 	var buf bytes.Buffer
+	buf.Grow(int(size))
 	w := cpio.NewWriter(&buf)
+	addFile := func(name, p string) error {
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		st, err := f.Stat()
+		if err != nil {
+			return err
+		}
+		return w.FileFrom(name, 0o755, f, st.Size())
+	}
 	dirs := map[string]bool{} // made so far, by absolute path
 	for _, d := range []string{"dev", "proc", "sys", "run", "tmp", "mnt"} {
 		if err := w.Dir(d, 0o755); err != nil {
@@ -119,16 +145,12 @@ func Initramfs(exe string, extra ...string) ([]byte, error) {
 	if err := w.CharDev("dev/console", 0o600, 5, 1); err != nil {
 		return nil, err
 	}
-	if err := w.File("init", 0o755, bin); err != nil {
-		return nil, err
+	if err := addFile("init", exe); err != nil {
+		return nil, fmt.Errorf("reading khib binary for the helper's initramfs: %w", err)
 	}
 	for _, p := range extra {
 		if !path.IsAbs(p) {
 			return nil, fmt.Errorf("helper initramfs: %q is not an absolute path", p)
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return nil, fmt.Errorf("helper initramfs: %w", err)
 		}
 		var parents []string
 		for d := path.Dir(p); d != "/" && !dirs[d]; d = path.Dir(d) {
@@ -140,8 +162,8 @@ func Initramfs(exe string, extra ...string) ([]byte, error) {
 				return nil, err
 			}
 		}
-		if err := w.File(p[1:], 0o755, b); err != nil {
-			return nil, err
+		if err := addFile(p[1:], p); err != nil {
+			return nil, fmt.Errorf("helper initramfs: %w", err)
 		}
 	}
 	if err := w.Close(); err != nil {

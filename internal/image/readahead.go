@@ -51,8 +51,9 @@ var errReadAheadStopped = errors.New("image: read-ahead stopped")
 func newReadAhead(r io.ReaderAt, start, end int64) *readAhead {
 	ra := &readAhead{r: r, start: start, end: end, ring: make([]raBlock, raDepth), done: make(chan struct{})}
 	ra.cond = sync.NewCond(&ra.mu)
-	for i := range ra.ring {
-		ra.ring[i].buf = alignedBuffer(raBlockSize)
+	// A small image gets small buffers: only what its span needs.
+	for i := range min(int64(raDepth), ra.blocks()) {
+		ra.ring[i].buf = alignedBuffer(int(min(raBlockSize, end-start)))
 	}
 	go ra.prefetch()
 	return ra

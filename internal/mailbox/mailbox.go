@@ -216,3 +216,38 @@ func GetResponse(page []byte, tok Token) (r Response, ok bool, err error) {
 	}
 	return r, true, nil
 }
+
+// AddFigures adds figs to the response already in page, keeping its
+// token: the restore helper uses it on the mailbox page it has just
+// written back into A's memory, whose token it does not otherwise know,
+// so that A finds how its resume went next to how its save went. A page
+// without a mailbox, or without a response, is left alone and gives an
+// error.
+func AddFigures(page []byte, figs map[string]any) error {
+	if len(page) < Size || string(page[:8]) != magic {
+		return ErrNoMailbox
+	}
+	var tok Token
+	copy(tok[:], page[offToken:])
+	r, ok, err := GetResponse(page, tok)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("mailbox: no response to add figures to")
+	}
+	if r.Figures == nil {
+		r.Figures = map[string]any{}
+	}
+	for k, v := range figs {
+		r.Figures[k] = v
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if len(b) > maxResponse {
+		return fmt.Errorf("mailbox: response with the added figures takes %d bytes, %d fit", len(b), maxResponse)
+	}
+	return PutResponse(page, tok, r)
+}

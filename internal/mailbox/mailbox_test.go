@@ -75,3 +75,61 @@ func FuzzGet(f *testing.F) {
 		GetResponse(b, tok)
 	})
 }
+
+func TestAddFigures(t *testing.T) {
+	tok := Token{7, 7}
+	fresh := func(resp *Response) []byte {
+		page := make([]byte, Size)
+		if err := Init(page, tok); err != nil {
+			t.Fatal(err)
+		}
+		if resp != nil {
+			if err := PutResponse(page, tok, *resp); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return page
+	}
+	tests := []struct {
+		name    string
+		page    []byte
+		figs    map[string]any
+		wantErr bool
+		want    map[string]any // figures after, when no error
+	}{
+		{"added next to the save's", fresh(&Response{Seq: 5, OK: true, Figures: map[string]any{"from_image": true}}),
+			map[string]any{"restore_s": 1.5}, false, map[string]any{"from_image": true, "restore_s": 1.5}},
+		{"a response without figures", fresh(&Response{Seq: 5, OK: true}),
+			map[string]any{"restore_s": 2.0}, false, map[string]any{"restore_s": 2.0}},
+		{"no response", fresh(nil), map[string]any{"x": 1.0}, true, nil},
+		{"not a mailbox", make([]byte, Size), map[string]any{"x": 1.0}, true, nil},
+		{"too much", fresh(&Response{Seq: 5, OK: true}), map[string]any{"x": strings.Repeat("y", maxResponse)}, true, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before := append([]byte(nil), tc.page...)
+			err := AddFigures(tc.page, tc.figs)
+			if tc.wantErr {
+				if err == nil {
+					t.Fatal("no error")
+				}
+				if string(before) != string(tc.page) {
+					t.Fatal("a refused page was changed")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, ok, err := GetResponse(tc.page, tok)
+			if err != nil || !ok || r.Seq != 5 || !r.OK || len(r.Figures) != len(tc.want) {
+				t.Fatalf("response %+v, %v, %v", r, ok, err)
+			}
+			for k, v := range tc.want {
+				if r.Figures[k] != v {
+					t.Errorf("figure %s = %v, want %v", k, r.Figures[k], v)
+				}
+			}
+		})
+	}
+}

@@ -59,9 +59,9 @@ func runBench(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
 	}
 	accel := ""
 	type agg struct {
-		hib, res, img []float64
-		hibPh, resPh  [][]Phase
-		failed        string
+		hib, res, ver, img []float64
+		hibPh, resPh       [][]Phase
+		failed             string
 	}
 	all := map[string]map[int]*agg{"khib": {}, "swsusp": {}}
 	for _, mib := range fit {
@@ -89,8 +89,9 @@ func runBench(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
 					continue
 				}
 				a.hib, a.res, a.img = append(a.hib, r.hibernateS), append(a.res, r.resumeS), append(a.img, r.imageMiB+r.swappedMiB)
+				a.ver = append(a.ver, r.verifiedS)
 				a.hibPh, a.resPh = append(a.hibPh, r.hibPhases), append(a.resPh, r.resPhases)
-				env.Logf("bench: %s %d MiB run %d: hibernate %.1f s, resume %.1f s, %.0f MiB written", sys, mib, run, r.hibernateS, r.resumeS, r.imageMiB+r.swappedMiB)
+				env.Logf("bench: %s %d MiB run %d: hibernate %.1f s, resume %.1f s (%.1f s to the workload verified), %.0f MiB written", sys, mib, run, r.hibernateS, r.resumeS, r.verifiedS, r.imageMiB+r.swappedMiB)
 			}
 		}
 	}
@@ -105,7 +106,7 @@ func runBench(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
 			a := all[sys][mib]
 			row := benchreport.Row{System: sys, UsedMiB: mib, MemMiB: env.MemMiB, SMP: env.SMP, Accel: accel, Runs: len(a.hib), Failed: a.failed}
 			if len(a.hib) > 0 {
-				row.HibernateS, row.ResumeS, row.ImageMiB = med(a.hib), med(a.res), med(a.img)
+				row.HibernateS, row.ResumeS, row.VerifiedS, row.ImageMiB = med(a.hib), med(a.res), med(a.ver), med(a.img)
 				for _, p := range []struct {
 					what string
 					ph   [][]Phase
@@ -123,6 +124,7 @@ func runBench(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
 			rep.Rows = append(rep.Rows, row)
 			res[fmt.Sprintf("%s_%d_hibernate_s", sys, mib)] = row.HibernateS
 			res[fmt.Sprintf("%s_%d_resume_s", sys, mib)] = row.ResumeS
+			res[fmt.Sprintf("%s_%d_verified_s", sys, mib)] = row.VerifiedS
 			res[fmt.Sprintf("%s_%d_image_mib", sys, mib)] = row.ImageMiB
 			if row.Failed != "" {
 				res[fmt.Sprintf("%s_%d_failed", sys, mib)] = row.Failed

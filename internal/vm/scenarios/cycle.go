@@ -211,6 +211,7 @@ var (
 	stage1RE     = regexp.MustCompile(`^khib: (NOT resuming|no hibernation image|the hibernation image .* used by an earlier boot)`)
 	restoreRE    = regexp.MustCompile(`^khib-restore: `)
 	backAfterRE  = regexp.MustCompile(`khibvm-out: khib: .*back after ([0-9.]+) s away`)
+	khibPhasesRE = regexp.MustCompile(`^khibvm-stderr hibernate: khib: phases: (.*)`)
 	userLineRE   = regexp.MustCompile(`^khibvm-(before|after): (.*)$`)
 )
 
@@ -523,12 +524,27 @@ func runCycles(ctx context.Context, env *scenario.Env, run cycleRun) (scenario.R
 			}
 			say("resume %d: the file holds records 1..%d; %d were acknowledged before", c, got, acked)
 		}
+		backHere, khibPhases := false, ""
 		for _, l := range m.Lines() {
 			if mm := backAfterRE.FindStringSubmatch(l.Text); mm != nil {
 				var f float64
 				fmt.Sscan(mm[1], &f)
 				away = append(away, f)
+				backHere = true
 			}
+			if mm := khibPhasesRE.FindStringSubmatch(l.Text); mm != nil {
+				khibPhases = mm[1]
+			}
+		}
+		// khib's own account of where the time went, each phase timed by
+		// the kernel that ran it: B's save and C's restore must be in it.
+		if backHere {
+			for _, want := range []string{"A: loads the helper", "B: saves", "stage 1: finds and checks the image", "C: finds the image, restores A's pages"} {
+				if !strings.Contains(khibPhases, want) {
+					return res, fmt.Errorf("resume %d: khib hibernate's phases lack %q: %q", c, want, khibPhases)
+				}
+			}
+			res["khib_phases"] = khibPhases
 		}
 		for _, pat := range []string{`^khib: image intact`, `^khib-restore: A's memory restored`, `^khibvm-out: khib: resumed`, `^workload: verified`} {
 			if l := lastLine(m, pat); l != "" {
