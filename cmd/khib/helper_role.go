@@ -134,9 +134,7 @@ func serve(h *helperEnv) mailbox.Response {
 	case mailbox.CmdRoundTrip:
 		resp = mailbox.Response{OK: true}
 	case mailbox.CmdSave, mailbox.CmdBenchSave:
-		prof := startProfile("save")
 		resp = save(h, req)
-		prof.stop()
 	default:
 		resp = mailbox.Response{Error: fmt.Sprintf("unknown request %q", req.Cmd)}
 	}

@@ -36,11 +36,13 @@ func startProfile(role string) helperProfile {
 	return p
 }
 
-// stop ends the profile and prints it on the console.
-func (p helperProfile) stop() {
+// stop ends the profile and prints it on the console; a second call does
+// nothing.
+func (p *helperProfile) stop() {
 	if p.buf == nil {
 		return
 	}
+	defer func() { p.buf = nil }()
 	pprof.StopCPUProfile()
 	s := base64.StdEncoding.EncodeToString(p.buf.Bytes())
 	console("khib-profile: begin %s", p.role)

@@ -37,6 +37,10 @@ func save(h *helperEnv, req mailbox.Request) (resp mailbox.Response) {
 	// saved: the image is complete and stays; set just before returning.
 	saved := false
 	tStart := time.Now()
+	// The profile covers the save up to the complete image, not what
+	// follows it (a suspend, a benchmark's baselines).
+	prof := startProfile("save")
+	defer prof.stop()
 	fail := func(format string, a ...any) mailbox.Response {
 		return mailbox.Response{Error: fmt.Sprintf(format, a...)}
 	}
@@ -180,8 +184,10 @@ func save(h *helperEnv, req mailbox.Request) (resp mailbox.Response) {
 	d := time.Since(t0)
 	st := w.Stats()
 	mb := float64(totalRAM(meta.RAM)) / 1e6 // A's RAM processed, saved or skipped as free
-	console("khib-helper: image complete on %s: %d pages (%d zero), %d free pages skipped, %.1f MiB stored, ratio %.3f, %.1f s, %.0f MB/s",
-		path, st.Pages, st.ZeroPages, nfree, float64(st.ImageBytes)/(1<<20), st.Ratio(), d.Seconds(), mb/d.Seconds())
+	prof.stop()
+	writing, waiting := w.IOTimes()
+	console("khib-helper: image complete on %s: %d pages (%d zero), %d free pages skipped, %.1f MiB stored, ratio %.3f, %.1f s, %.0f MB/s; writes took %.1f s, %.1f s of it waited for",
+		path, st.Pages, st.ZeroPages, nfree, float64(st.ImageBytes)/(1<<20), st.Ratio(), d.Seconds(), mb/d.Seconds(), writing.Seconds(), waiting.Seconds())
 	figs := map[string]any{
 		"power_off":    !req.Return,
 		"device":       path,
@@ -191,6 +197,8 @@ func save(h *helperEnv, req mailbox.Request) (resp mailbox.Response) {
 		"image_bytes":  st.ImageBytes,
 		"save_s":       d.Seconds(),
 		"save_mb_s":    mb / d.Seconds(),
+		"write_s":      writing.Seconds(),
+		"write_wait_s": waiting.Seconds(),
 		"uuid":         w.UUID().String(),
 		"stored_ratio": st.Ratio(),
 		"free_pages":   nfree,

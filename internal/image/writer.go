@@ -81,8 +81,11 @@ type Writer struct {
 	writes        chan pendingWrite
 	writeDone     chan struct{}
 	writesStopped bool
-	dataEnd       uint64 // offset after the last chunk
-	dataHash      *xxhash.Digest
+	// Nanoseconds spent in the data area's writes, and waiting for a
+	// buffer because the writes fell behind (IOTimes).
+	nsWrite, nsWait atomic.Int64
+	dataEnd         uint64 // offset after the last chunk
+	dataHash        *xxhash.Digest
 
 	errMu sync.Mutex
 	err   error // the first error; every later call returns it
@@ -508,7 +511,9 @@ func (w *Writer) flush(final bool) error {
 		n = len(w.out)
 	}
 	if n > 0 {
+		t := time.Now()
 		next := <-w.outFree
+		w.nsWait.Add(int64(time.Since(t)))
 		next = next[:copy(next[:cap(next)], w.out[n:])]
 		w.writes <- pendingWrite{buf: w.out, n: n, off: w.outOff}
 		w.outOff += uint64(n)
@@ -535,9 +540,11 @@ func (w *Writer) writeLoop() {
 	defer close(w.writeDone)
 	for p := range w.writes {
 		if w.failed() == nil {
+			t := time.Now()
 			if _, err := w.w.WriteAt(p.buf[:p.n], int64(p.off)); err != nil {
 				w.fail(fmt.Errorf("image: writing data at offset %#x: %w", p.off, err))
 			}
+			w.nsWrite.Add(int64(time.Since(t)))
 		}
 		w.outFree <- p.buf[:0]
 	}
@@ -568,6 +575,14 @@ func (w *Writer) tooSmall(end uint64, j *job) error {
 	}
 	e.Need = int64(SuperblockSize + alignUp(data) + alignUp(idx) + w.metaEst)
 	return e
+}
+
+// IOTimes says how long the data area's writes took, and how long the
+// writer waited for them because they fell behind compression: a save
+// whose wait is most of its time is bound by its target. It may be called
+// from any goroutine.
+func (w *Writer) IOTimes() (writing, waiting time.Duration) {
+	return time.Duration(w.nsWrite.Load()), time.Duration(w.nsWait.Load())
 }
 
 // Stats returns the figures so far; it may be called from any goroutine.

@@ -24,6 +24,14 @@ func init() {
 		Timeout: 20 * time.Minute,
 		Run:     runBenchSave,
 	})
+	scenario.Register(scenario.Scenario{
+		Name:        "bench-save-random",
+		Description: "benchmark, not a test: bench-save with incompressible memory (a ~400 MiB random workload), as make bench runs it",
+		Timeout:     20 * time.Minute,
+		Run: func(ctx context.Context, env *scenario.Env) (scenario.Result, error) {
+			return benchSave(ctx, env, "a", workloadMiB(env, 400), false)
+		},
+	})
 }
 
 const benchScript = guestPrelude + `
