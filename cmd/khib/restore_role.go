@@ -114,6 +114,27 @@ func restore(uuid, whereSpec, netSpec, stage1 string) error {
 	defer w.Close()
 	p := newProgress("khib-restore", "restoring", st.Pages*image.PageSize)
 	var pmu sync.Mutex
+	var inPlace int // chunks decoded straight into A's memory
+	// Chunks of consecutive pages outside the low window decode straight
+	// into A's memory. Anything Direct declines (or cannot map: Write
+	// then says why) goes through the function below.
+	rd.Direct = func(pfn uint64, n int) ([]byte, func()) {
+		r := kexec.Range{Start: pfn * image.PageSize, End: pfn*image.PageSize + uint64(n)}
+		if r.Start < low.End && low.Start < r.End {
+			return nil, nil
+		}
+		mem, done, err := w.Direct(r.Start, n)
+		if err != nil || mem == nil {
+			return nil, nil
+		}
+		return mem, func() {
+			done()
+			pmu.Lock()
+			p.add(uint64(n))
+			inPlace++
+			pmu.Unlock()
+		}
+	}
 	prof := startProfile("restore")
 	err = rd.RestoreConcurrent(func(pfn uint64, pages []byte, zero bool) error {
 		got := kexec.Range{Start: pfn * image.PageSize, End: pfn*image.PageSize + uint64(len(pages))}
@@ -141,7 +162,8 @@ func restore(uuid, whereSpec, netSpec, stage1 string) error {
 	}
 	p.print()
 	restored := time.Since(t0)
-	console("khib-restore: A's memory restored in %.1f s; jumping to A at %#x", restored.Seconds(), meta.JumpBack)
+	console("khib-restore: A's memory restored in %.1f s (%d of %d chunks decoded in place); jumping to A at %#x",
+		restored.Seconds(), inPlace, st.Chunks, meta.JumpBack)
 	// Where the time went, into the answer A reads when it runs again.
 	resumePhases := append(stage1Phases(stage1),
 		newPhase("C: its kernel boots to khib", up),

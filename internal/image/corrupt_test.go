@@ -140,6 +140,15 @@ func checkCorruptData(t *testing.T, rd *Reader, off uint64, chunk int) {
 	if handed[firstPFN(rd, chunk)] {
 		t.Errorf("offset %#x in chunk %d: RestoreConcurrent handed out a page of the bad chunk", off, chunk)
 	}
+	// With every chunk it can take decoded in place: the same chunk,
+	// and its memory untouched, for the stored bytes are checked first.
+	_, offered, err := restoreDirect(t, rd, func(uint64) bool { return true })
+	if !errors.As(err, &fe) || fe.Chunk != chunk {
+		t.Errorf("offset %#x in chunk %d: RestoreConcurrent with Direct = %v", off, chunk, err)
+	}
+	if mem, ok := offered[firstPFN(rd, chunk)]; ok && bytes.Count(mem, []byte{directFill}) != len(mem) {
+		t.Errorf("offset %#x in chunk %d: the bad chunk was written into the memory Direct offered", off, chunk)
+	}
 	if _, err := rd.ReadPage(firstPFN(rd, chunk)); !errors.As(err, &fe) || fe.Chunk != chunk {
 		t.Errorf("offset %#x in chunk %d: ReadPage = %v", off, chunk, err)
 	}

@@ -358,6 +358,14 @@ func checkImageKey(t *testing.T, data, key []byte) {
 	if rerr == nil && csum != sum {
 		t.Fatalf("RestoreConcurrent handed other pages than Restore (%+v, %+v)", csum, sum)
 	}
+	// And with chunks decoded in place: the same again.
+	dsum, _, derr := restoreDirect(t, rd, func(pfn uint64) bool { return pfn%3 != 0 })
+	if (rerr == nil) != (derr == nil) {
+		t.Fatalf("Restore: %v, RestoreConcurrent with Direct: %v", rerr, derr)
+	}
+	if rerr == nil && dsum != sum {
+		t.Fatalf("RestoreConcurrent with Direct gave other pages than Restore (%+v, %+v)", dsum, sum)
+	}
 	for pfn, want := range firsts {
 		got, err := rd.ReadPage(pfn)
 		if err != nil {
@@ -371,4 +379,44 @@ func checkImageKey(t *testing.T, data, key []byte) {
 		}
 	}
 	_ = rd.Stats()
+}
+
+// directFill is what memory offered to Reader.Direct holds before a chunk
+// is decoded into it.
+const directFill = 0xa5
+
+// restoreDirect runs RestoreConcurrent with a Direct that offers fresh
+// memory, filled with directFill, for the chunks at the page frames offer
+// accepts (offer is called under a lock). It returns the sum of every page, decoded in place or handed to
+// fn, and the memory offered, by page frame, as it was when Direct's done
+// came.
+func restoreDirect(t testing.TB, rd *Reader, offer func(pfn uint64) bool) (sum pageSum, offered map[uint64][]byte, err error) {
+	var mu sync.Mutex
+	offered = map[uint64][]byte{}
+	rd.Direct = func(pfn uint64, n int) ([]byte, func()) {
+		mu.Lock()
+		ok := offer(pfn) // Direct runs on several goroutines at once
+		mu.Unlock()
+		if !ok {
+			return nil, nil
+		}
+		mem := bytes.Repeat([]byte{directFill}, n)
+		return mem, func() {
+			mu.Lock()
+			defer mu.Unlock()
+			if _, dup := offered[pfn]; dup {
+				t.Errorf("Direct: memory at pfn %#x offered twice", pfn)
+			}
+			offered[pfn] = mem
+			sum.add(pfn, mem)
+		}
+	}
+	defer func() { rd.Direct = nil }()
+	err = rd.RestoreConcurrent(func(pfn uint64, p []byte, zero bool) error {
+		mu.Lock()
+		defer mu.Unlock()
+		sum.add(pfn, p)
+		return nil
+	})
+	return sum, offered, err
 }

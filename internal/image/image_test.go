@@ -124,6 +124,24 @@ func TestRoundTrip(t *testing.T) {
 				}
 			}
 
+			// And with every other chunk of consecutive pages decoded
+			// in place: the same pages at the same frames.
+			var wantSum pageSum
+			for pfn, p := range want {
+				wantSum.add(pfn, p)
+			}
+			var asked int
+			dsum, offered, err := restoreDirect(t, rd, func(uint64) bool { asked++; return asked%2 == 1 })
+			if err != nil {
+				t.Fatalf("RestoreConcurrent with Direct: %v", err)
+			}
+			if dsum != wantSum {
+				t.Fatalf("RestoreConcurrent with Direct gave other pages (%+v, want %+v)", dsum, wantSum)
+			}
+			if asked > 1 && len(offered) == 0 {
+				t.Fatalf("Direct was asked %d times and no chunk was decoded in place", asked)
+			}
+
 			pfns := slices.Sorted(func(yield func(uint64) bool) {
 				for k := range want {
 					if !yield(k) {

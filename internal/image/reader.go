@@ -19,6 +19,18 @@ type Reader struct {
 	// decode chunks ahead of the caller. Open sets GOMAXPROCS.
 	Workers int
 
+	// Direct, if set, lets RestoreConcurrent decode a chunk straight into
+	// the memory its pages go to, saving a copy of every page: for a chunk
+	// whose pages are physically consecutive it asks Direct for len bytes
+	// of writable memory at page frame pfn. Direct returns nil when it
+	// cannot offer them (the chunk then goes to fn as usual), or the
+	// memory and a function that RestoreConcurrent calls once it is done
+	// with it. Such a chunk's stored bytes are checked (and, encrypted,
+	// opened) before anything is written; its decoded pages are checked
+	// in place, after they are written, and a mismatch fails the restore
+	// as any bad chunk does. fn never sees the chunk.
+	Direct func(pfn uint64, len int) (mem []byte, done func())
+
 	r    io.ReaderAt
 	sb   Superblock
 	meta Meta
@@ -303,8 +315,21 @@ func (rd *Reader) chunkBufs() chunkBufs {
 // they were read. No page of a chunk is returned unless all of it checked
 // out.
 func (rd *Reader) readChunk(src io.ReaderAt, i int, bufs chunkBufs) ([]byte, error) {
+	return rd.readChunkTo(src, i, bufs, nil)
+}
+
+// readChunkTo is readChunk, with the pages decoded into dst if it is not
+// nil (it holds exactly the chunk's pages). The decoded pages are then
+// checked where they are, after they are written there.
+func (rd *Reader) readChunkTo(src io.ReaderAt, i int, bufs chunkBufs, dst []byte) ([]byte, error) {
 	c := &rd.ix.chunks[i]
 	raw := bufs.raw
+	if dst != nil {
+		if len(dst) != int(c.Pages)*PageSize {
+			return nil, fmt.Errorf("image: chunk %d: %d bytes to decode into, want %d", i, len(dst), int(c.Pages)*PageSize)
+		}
+		raw = dst
+	}
 	b := bufs.stored[:chunkHeaderSize+int(c.Stored)]
 	if err := readFull(src, b, c.Offset); err != nil {
 		if err == errShort {
@@ -328,6 +353,11 @@ func (rd *Reader) readChunk(src io.ReaderAt, i int, bufs chunkBufs) ([]byte, err
 	pages, err := decode(c.Codec, payload, raw[:0:int(c.Pages)*PageSize], rd.zstdDecoder)
 	if err != nil {
 		return nil, chunkErr(i, c.Offset, "%v", err)
+	}
+	if dst != nil && (len(pages) == 0 || &pages[0] != &dst[0]) {
+		// Stored raw (decode hands back the payload), or decoded
+		// elsewhere: the pages still go where they belong.
+		pages = dst[:copy(dst, pages)]
 	}
 	if xxhash.Sum64(pages) != c.RawHash {
 		return nil, chunkErr(i, c.Offset, "checksum of the decoded pages mismatch (%v)", c.Codec)
@@ -494,7 +524,8 @@ func (rd *Reader) Restore(fn func(pfn uint64, pages []byte, zero bool) error) er
 // all of the chunk checked out, and an error stops the restore with the
 // pages handed out so far written; the data area's hash is checked last.
 // It is for a caller whose writes cost more than decoding (C writing A's
-// memory), so that they spread over the CPUs.
+// memory), so that they spread over the CPUs. With rd.Direct set, the
+// chunks it takes are decoded in place and checked there (see Direct).
 func (rd *Reader) RestoreConcurrent(fn func(pfn uint64, pages []byte, zero bool) error) error {
 	var dataRuns []int
 	for i, r := range rd.ix.runs {
@@ -522,7 +553,28 @@ func (rd *Reader) RestoreConcurrent(fn func(pfn uint64, pages []byte, zero bool)
 		}
 		return nil
 	}
-	s := rd.streamTo(deliver)
+	// where finds the page frame of chunk i's pages if they are
+	// consecutive: all of them in one run.
+	var where func(i int) (pfn uint64, ok bool)
+	if rd.Direct != nil {
+		where = func(i int) (uint64, bool) {
+			ord := rd.ix.chunkOrd[i]
+			k := sort.Search(len(dataRuns), func(k int) bool {
+				r := dataRuns[k]
+				return rd.ix.runOrd[r]+uint64(rd.ix.runs[r].Count) > ord
+			})
+			if k == len(dataRuns) {
+				return 0, false
+			}
+			r := rd.ix.runs[dataRuns[k]]
+			skip := ord - rd.ix.runOrd[dataRuns[k]]
+			if uint64(r.Count)-skip < uint64(rd.ix.chunks[i].Pages) {
+				return 0, false
+			}
+			return r.Start + skip, true
+		}
+	}
+	s := rd.streamDirect(deliver, where)
 	defer s.stop()
 	for _, run := range rd.ix.runs {
 		if run.Kind != KindZero {
@@ -592,6 +644,13 @@ func (rd *Reader) stream() *chunkStream { return rd.streamTo(nil) }
 // read and checked a chunk, before the chunk is handed out; its error
 // becomes the chunk's.
 func (rd *Reader) streamTo(deliver func(i int, pages []byte) error) *chunkStream {
+	return rd.streamDirect(deliver, nil)
+}
+
+// streamDirect is streamTo, except that a chunk that where places (at
+// consecutive page frames) is decoded into the memory rd.Direct offers
+// for it, if it does, instead of going to deliver.
+func (rd *Reader) streamDirect(deliver func(i int, pages []byte) error, where func(i int) (uint64, bool)) *chunkStream {
 	workers := min(max(rd.Workers, 1), 64)
 	njobs := workers + 2
 	s := &chunkStream{
@@ -637,6 +696,9 @@ func (rd *Reader) streamTo(deliver func(i int, pages []byte) error) *chunkStream
 				case <-s.quit:
 					j.pages, j.err = nil, errStopped
 				default:
+					if rd.readDirect(s.ra, j, where) {
+						break
+					}
 					j.pages, j.err = rd.readChunk(s.ra, j.i, j.bufs)
 					if j.err == nil && deliver != nil {
 						j.err = deliver(j.i, j.pages)
@@ -647,6 +709,29 @@ func (rd *Reader) streamTo(deliver func(i int, pages []byte) error) *chunkStream
 		}()
 	}
 	return s
+}
+
+// readDirect reads and checks job j's chunk into the memory rd.Direct
+// offers for it, if where places the chunk and Direct offers memory. It
+// reports whether it did; the job's pages are then nil (the memory is
+// the caller's again), and its error the chunk's.
+func (rd *Reader) readDirect(src io.ReaderAt, j *rjob, where func(i int) (uint64, bool)) bool {
+	if where == nil {
+		return false
+	}
+	pfn, ok := where(j.i)
+	if !ok {
+		return false
+	}
+	n := int(rd.ix.chunks[j.i].Pages) * PageSize
+	mem, done := rd.Direct(pfn, n)
+	if mem == nil {
+		return false
+	}
+	_, j.err = rd.readChunkTo(src, j.i, j.bufs, mem[:n:n])
+	j.pages = nil
+	done()
+	return true
 }
 
 var errStopped = fmt.Errorf("image: stopped")

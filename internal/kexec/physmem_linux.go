@@ -145,6 +145,25 @@ func (w *PhysWriter) Write(addr uint64, b []byte, zero bool) error {
 	return nil
 }
 
+// Direct returns the n bytes of physical memory at addr, writable, and a
+// function to call once they are written, for a caller that builds
+// pages in place (C decoding A's pages). It returns nil if the bytes are
+// not in one window: part of them in the running kernel's own RAM, or
+// across a window's edge. The memory must not be used after done.
+func (w *PhysWriter) Direct(addr uint64, n int) (mem []byte, done func(), err error) {
+	win, err := w.acquire(addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	end := win.base + uint64(len(win.m))
+	if n <= 0 || addr+uint64(n) > end {
+		w.release(win)
+		return nil, nil, nil
+	}
+	off := addr - win.base
+	return win.m[off : off+uint64(n) : off+uint64(n)], func() { w.release(win) }, nil
+}
+
 // zeroPage is a page of zeros to compare with.
 var zeroPage [PageSize]byte
 

@@ -338,6 +338,8 @@ func start(ctx context.Context, cfg Config, accel string, logf func(string, ...a
 	}
 	m.stdin = stdin
 	fmt.Fprintf(m.log, "# %s %s\n", cfg.QEMU, shellQuote(m.args))
+	thp := guestTHP()
+	fmt.Fprintf(m.log, "# %s\n", thp)
 	m.start = time.Now()
 	err = cmd.Start()
 	outW.Close()
@@ -350,7 +352,7 @@ func start(ctx context.Context, cfg Config, accel string, logf func(string, ...a
 		return nil, fmt.Errorf("vm: starting %s: %w", cfg.QEMU, err)
 	}
 	m.cmd = cmd
-	logf("vm: started QEMU pid %d (%s, %d MiB, %d CPU); console log %s", cmd.Process.Pid, accel, cfg.MemMiB, cfg.SMP, m.logPath)
+	logf("vm: started QEMU pid %d (%s, %d MiB, %d CPU, %s); console log %s", cmd.Process.Pid, accel, cfg.MemMiB, cfg.SMP, thp, m.logPath)
 
 	var readers sync.WaitGroup
 	readers.Add(2)
