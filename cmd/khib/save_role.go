@@ -421,9 +421,15 @@ func freePages(core *elfcore.File, req mailbox.Request) []pages.FreeRange {
 		return nil
 	}
 	t0 := time.Now()
+	mem, err := openMappedCore(core)
+	if err != nil {
+		console("khib-helper: not filtering free pages: %v", err)
+		return nil
+	}
+	defer mem.Close()
 	var out []pages.FreeRange
 	for _, l := range sortedLoads(core) {
-		f, err := pages.Free(core, in, l.PhysAddr/image.PageSize, l.End()/image.PageSize)
+		f, err := pages.Free(mem, in, l.PhysAddr/image.PageSize, l.End()/image.PageSize)
 		if err != nil {
 			console("khib-helper: not filtering free pages: %v", err)
 			return nil
