@@ -24,11 +24,13 @@ var thpOnce struct {
 // QEMU asks for huge pages for guest RAM (MADV_HUGEPAGE). On a host that
 // is itself a virtual machine, a huge page's first touch then costs the
 // host several times what 512 small pages cost: measured on this rig's
-// host, 2.0-3.4 s per GiB against 0.4-0.6 s. A guest pays that on every
-// page of RAM it writes first, so the rig charged a restore, which writes
-// all of A into a fresh QEMU process, about 3 s per GiB that real RAM
-// never costs. Both khib and swsusp restore into fresh RAM, so the setting
-// applies to every guest alike.
+// host, 2.0-3.4 s per GiB against 0.4-0.6 s. A guest pays it on the
+// first write to its RAM: in C, writing untouched memory of A through
+// /dev/mem cost 0.8-5.1 s per GiB the first time with huge pages, 1.1-1.2
+// with small ones, and 0.6 the second time (docs/figures.md). A restore
+// writes all of A into a fresh QEMU process; real RAM has no such cost.
+// Both khib and swsusp restore into fresh RAM, so the setting applies to
+// every guest alike.
 func guestTHP() string {
 	thpOnce.Do(func() {
 		if os.Getenv(THPEnv) == "host" {
