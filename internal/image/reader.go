@@ -21,8 +21,9 @@ type Reader struct {
 
 	// Direct, if set, lets RestoreConcurrent decode a chunk straight into
 	// the memory its pages go to, saving a copy of every page: for a chunk
-	// whose pages are physically consecutive it asks Direct for len bytes
-	// of writable memory at page frame pfn. Direct returns nil when it
+	// whose pages are physically consecutive it asks Direct for exactly
+	// len bytes of writable memory at page frame pfn (other lengths fail
+	// the chunk). Direct returns nil when it
 	// cannot offer them (the chunk then goes to fn as usual), or the
 	// memory and a function that RestoreConcurrent calls once it is done
 	// with it. Such a chunk's stored bytes are checked (and, encrypted,
@@ -533,12 +534,18 @@ func (rd *Reader) RestoreConcurrent(fn func(pfn uint64, pages []byte, zero bool)
 			dataRuns = append(dataRuns, i)
 		}
 	}
-	deliver := func(i int, pages []byte) error {
-		ord := rd.ix.chunkOrd[i]
-		k := sort.Search(len(dataRuns), func(k int) bool {
+	// runAt finds the data run that holds data page ord (counted over
+	// the image's data pages in order): its index in dataRuns, or
+	// len(dataRuns) if none does.
+	runAt := func(ord uint64) int {
+		return sort.Search(len(dataRuns), func(k int) bool {
 			r := dataRuns[k]
 			return rd.ix.runOrd[r]+uint64(rd.ix.runs[r].Count) > ord
 		})
+	}
+	deliver := func(i int, pages []byte) error {
+		ord := rd.ix.chunkOrd[i]
+		k := runAt(ord)
 		for len(pages) > 0 {
 			if k == len(dataRuns) {
 				return chunkErr(i, rd.ix.chunks[i].Offset, "pages beyond the index's runs")
@@ -559,10 +566,7 @@ func (rd *Reader) RestoreConcurrent(fn func(pfn uint64, pages []byte, zero bool)
 	if rd.Direct != nil {
 		where = func(i int) (uint64, bool) {
 			ord := rd.ix.chunkOrd[i]
-			k := sort.Search(len(dataRuns), func(k int) bool {
-				r := dataRuns[k]
-				return rd.ix.runOrd[r]+uint64(rd.ix.runs[r].Count) > ord
-			})
+			k := runAt(ord)
 			if k == len(dataRuns) {
 				return 0, false
 			}
@@ -728,7 +732,7 @@ func (rd *Reader) readDirect(src io.ReaderAt, j *rjob, where func(i int) (uint64
 	if mem == nil {
 		return false
 	}
-	_, j.err = rd.readChunkTo(src, j.i, j.bufs, mem[:n:n])
+	_, j.err = rd.readChunkTo(src, j.i, j.bufs, mem)
 	j.pages = nil
 	done()
 	return true
