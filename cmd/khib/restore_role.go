@@ -115,15 +115,11 @@ func restore(uuid, whereSpec, netSpec, stage1 string) error {
 	p := newProgress("khib-restore", "restoring", st.Pages*image.PageSize)
 	var pmu sync.Mutex
 	var inPlace int // chunks decoded straight into A's memory
-	// Chunks of consecutive pages outside the low window decode straight
-	// into A's memory. Anything Direct declines (or cannot map: Write
-	// then says why) goes through the function below.
+	// Chunks of consecutive pages decode straight into A's memory. Those
+	// w declines (any page in the low window, which is C's own RAM now)
+	// or cannot map (Write then says why) go through the function below.
 	rd.Direct = func(pfn uint64, n int) ([]byte, func()) {
-		r := kexec.Range{Start: pfn * image.PageSize, End: pfn*image.PageSize + uint64(n)}
-		if r.Start < low.End && low.Start < r.End {
-			return nil, nil
-		}
-		mem, done, err := w.Direct(r.Start, n)
+		mem, done, err := w.Direct(pfn*image.PageSize, n)
 		if err != nil || mem == nil {
 			return nil, nil
 		}

@@ -379,9 +379,9 @@ func streamCore(core *elfcore.File, w *image.Writer, total uint64, free []pages.
 		}
 		for off := uint64(0); off < l.Size; off += mapWindow {
 			n := min(uint64(mapWindow), l.Size-off)
-			m, err := unix.Mmap(int(f.Fd()), int64(l.Offset+off), int(n), unix.PROT_READ, unix.MAP_PRIVATE)
+			m, err := mapLoad(int(f.Fd()), l, off, n)
 			if err != nil {
-				return fmt.Errorf("mapping A's memory at %#x: %w", l.PhysAddr+off, err)
+				return err
 			}
 			for i := uint64(0); i < n; i += 1 << 20 {
 				j := min(i+1<<20, n)

@@ -410,8 +410,8 @@ func TestReadAtPhys(t *testing.T) {
 	}
 	f.byPA = append(f.byPA, Load{PhysAddr: 0x1000, Size: 0x10, Offset: 0})
 	slices.SortStableFunc(f.byPA, byPhysAddr)
-	if l, ok := f.loadAt(0x2000); !ok || l.PhysAddr != 0 {
-		t.Errorf("loadAt behind an overlapping load = %v, %v", l, ok)
+	if l, ok := f.LoadAt(0x2000); !ok || l.PhysAddr != 0 {
+		t.Errorf("LoadAt behind an overlapping load = %v, %v", l, ok)
 	}
 }
 

@@ -207,10 +207,10 @@ func VmcoreinfoFromNotes(notes []Note) (Vmcoreinfo, error) {
 	return nil, ErrNoVmcoreinfo
 }
 
-// loadAt returns the PT_LOAD holding physical address a. Loads may
+// LoadAt returns the PT_LOAD holding physical address a. Loads may
 // overlap (kexec-tools adds one for the kernel's text over a RAM range), so
 // it looks back from the last load that starts at or below a.
-func (f *File) loadAt(a uint64) (Load, bool) {
+func (f *File) LoadAt(a uint64) (Load, bool) {
 	i, _ := slices.BinarySearchFunc(f.byPA, a, func(l Load, t uint64) int {
 		if l.PhysAddr <= t {
 			return -1
@@ -251,7 +251,7 @@ func (f *File) ReadAtPhys(p []byte, addr uint64) (int, error) {
 		if a < addr {
 			return n, fmt.Errorf("reading %d bytes at %#x: %w", len(p), addr, ErrNotInCore)
 		}
-		l, ok := f.loadAt(a)
+		l, ok := f.LoadAt(a)
 		if !ok {
 			return n, fmt.Errorf("reading at %#x: %w", a, ErrNotInCore)
 		}

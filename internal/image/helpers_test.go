@@ -387,9 +387,9 @@ const directFill = 0xa5
 
 // restoreDirect runs RestoreConcurrent with a Direct that offers fresh
 // memory, filled with directFill, for the chunks at the page frames offer
-// accepts (offer is called under a lock). It returns the sum of every page, decoded in place or handed to
-// fn, and the memory offered, by page frame, as it was when Direct's done
-// came.
+// accepts (offer is called under a lock). It returns the sum of every
+// page, decoded in place or handed to fn, and the memory offered, by page
+// frame, as it was when Direct's done came.
 func restoreDirect(t testing.TB, rd *Reader, offer func(pfn uint64) bool) (sum pageSum, offered map[uint64][]byte, err error) {
 	var mu sync.Mutex
 	offered = map[uint64][]byte{}

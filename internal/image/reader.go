@@ -23,10 +23,9 @@ type Reader struct {
 	// the memory its pages go to, saving a copy of every page: for a chunk
 	// whose pages are physically consecutive it asks Direct for exactly
 	// len bytes of writable memory at page frame pfn (other lengths fail
-	// the chunk). Direct returns nil when it
-	// cannot offer them (the chunk then goes to fn as usual), or the
-	// memory and a function that RestoreConcurrent calls once it is done
-	// with it. Such a chunk's stored bytes are checked (and, encrypted,
+	// the chunk). Direct returns nil when it cannot offer them (the chunk
+	// then goes to fn as usual), or the memory and a function that
+	// RestoreConcurrent calls once it is done with it. Such a chunk's stored bytes are checked (and, encrypted,
 	// opened) before anything is written; its decoded pages are checked
 	// in place, after they are written, and a mismatch fails the restore
 	// as any bad chunk does. fn never sees the chunk.
@@ -315,14 +314,10 @@ func (rd *Reader) chunkBufs() chunkBufs {
 // raw, or for a raw chunk in stored or plain). The stored bytes stay as
 // they were read. No page of a chunk is returned unless all of it checked
 // out.
-func (rd *Reader) readChunk(src io.ReaderAt, i int, bufs chunkBufs) ([]byte, error) {
-	return rd.readChunkTo(src, i, bufs, nil)
-}
-
-// readChunkTo is readChunk, with the pages decoded into dst if it is not
-// nil (it holds exactly the chunk's pages). The decoded pages are then
-// checked where they are, after they are written there.
-func (rd *Reader) readChunkTo(src io.ReaderAt, i int, bufs chunkBufs, dst []byte) ([]byte, error) {
+//
+// With dst not nil (exactly the chunk's pages long), the pages are
+// decoded into dst instead, and checked there, after they are written.
+func (rd *Reader) readChunk(src io.ReaderAt, i int, bufs chunkBufs, dst []byte) ([]byte, error) {
 	c := &rd.ix.chunks[i]
 	raw := bufs.raw
 	if dst != nil {
@@ -421,7 +416,7 @@ func (rd *Reader) cached(ci int) (*cached, error) {
 		victim.bufs = rd.chunkBufs()
 	}
 	victim.chunk = -1
-	pages, err := rd.readChunk(rd.r, ci, victim.bufs)
+	pages, err := rd.readChunk(rd.r, ci, victim.bufs, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -578,7 +573,7 @@ func (rd *Reader) RestoreConcurrent(fn func(pfn uint64, pages []byte, zero bool)
 			return r.Start + skip, true
 		}
 	}
-	s := rd.streamDirect(deliver, where)
+	s := rd.streamTo(deliver, where)
 	defer s.stop()
 	for _, run := range rd.ix.runs {
 		if run.Kind != KindZero {
@@ -642,19 +637,14 @@ type rjob struct {
 	done  chan struct{}
 }
 
-func (rd *Reader) stream() *chunkStream { return rd.streamTo(nil) }
+func (rd *Reader) stream() *chunkStream { return rd.streamTo(nil, nil) }
 
 // streamTo is stream with deliver, if not nil, called by the worker that
 // read and checked a chunk, before the chunk is handed out; its error
-// becomes the chunk's.
-func (rd *Reader) streamTo(deliver func(i int, pages []byte) error) *chunkStream {
-	return rd.streamDirect(deliver, nil)
-}
-
-// streamDirect is streamTo, except that a chunk that where places (at
+// becomes the chunk's. A chunk that where, if not nil, places (at
 // consecutive page frames) is decoded into the memory rd.Direct offers
 // for it, if it does, instead of going to deliver.
-func (rd *Reader) streamDirect(deliver func(i int, pages []byte) error, where func(i int) (uint64, bool)) *chunkStream {
+func (rd *Reader) streamTo(deliver func(i int, pages []byte) error, where func(i int) (uint64, bool)) *chunkStream {
 	workers := min(max(rd.Workers, 1), 64)
 	njobs := workers + 2
 	s := &chunkStream{
@@ -703,7 +693,7 @@ func (rd *Reader) streamDirect(deliver func(i int, pages []byte) error, where fu
 					if rd.readDirect(s.ra, j, where) {
 						break
 					}
-					j.pages, j.err = rd.readChunk(s.ra, j.i, j.bufs)
+					j.pages, j.err = rd.readChunk(s.ra, j.i, j.bufs, nil)
 					if j.err == nil && deliver != nil {
 						j.err = deliver(j.i, j.pages)
 					}
@@ -732,7 +722,7 @@ func (rd *Reader) readDirect(src io.ReaderAt, j *rjob, where func(i int) (uint64
 	if mem == nil {
 		return false
 	}
-	_, j.err = rd.readChunkTo(src, j.i, j.bufs, mem)
+	_, j.err = rd.readChunk(src, j.i, j.bufs, mem)
 	j.pages = nil
 	done()
 	return true

@@ -147,10 +147,16 @@ func (w *PhysWriter) Write(addr uint64, b []byte, zero bool) error {
 
 // Direct returns the n bytes of physical memory at addr, writable, and a
 // function to call once they are written, for a caller that builds
-// pages in place (C decoding A's pages). It returns nil if the bytes are
-// not in one window: part of them in the running kernel's own RAM, or
-// across a window's edge. The memory must not be used after done.
+// pages in place (C decoding A's pages). It returns nil if any of them
+// is in the running kernel's own RAM (the ranges given to NewPhysWriter),
+// or if they cross a window's edge. The memory must not be used after
+// done.
 func (w *PhysWriter) Direct(addr uint64, n int) (mem []byte, done func(), err error) {
+	for _, r := range w.avoid {
+		if addr < r.End && r.Start < addr+uint64(n) {
+			return nil, nil, nil
+		}
+	}
 	win, err := w.acquire(addr)
 	if err != nil {
 		return nil, nil, err
