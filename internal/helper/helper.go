@@ -447,9 +447,15 @@ func JumpWithKey(st *State, req mailbox.Request, key []byte) (*mailbox.Response,
 	// Save what can be saved before leaving: if the helper never comes
 	// back, A's filesystems are at least consistent on disk.
 	unix.Sync()
-	t0 := boottime()
-	err = kexec.Jump()
-	away := boottime() - t0
+	var away time.Duration
+	err = jumpRetrying(func() error {
+		t0 := boottime()
+		err := kexec.Jump()
+		away = boottime() - t0
+		return err
+	}, busyTries, busyPause, func(err error) {
+		fmt.Fprintf(os.Stderr, "khib: the kernel did not start the jump: %v; trying again in %s\n", err, busyPause)
+	})
 	if err != nil {
 		return nil, away, err
 	}
@@ -468,6 +474,32 @@ func JumpWithKey(st *State, req mailbox.Request, key []byte) (*mailbox.Response,
 		return nil, away, fmt.Errorf("the helper answered request %d, not %d", resp.Seq, req.Seq)
 	}
 	return &resp, away, nil
+}
+
+// A jump the kernel refuses with EBUSY is tried again, busyTries times
+// in all, busyPause apart. kernel_kexec answers EBUSY when a task did not
+// freeze within freeze_timeout_msecs (20 s), or while another kexec
+// runs, and both pass. Seen in the distro guest: a qemu-ga child in
+// execve waited (de_thread, TASK_KILLABLE) for its sibling threads to
+// die, and they were frozen already, so the freeze of khib arm's
+// round trip failed once; after the thaw the execve went through.
+const (
+	busyTries = 2
+	busyPause = 2 * time.Second
+)
+
+// jumpRetrying calls jump until it succeeds, fails other than with
+// EBUSY, or has been called tries times, and reports each EBUSY it
+// retries on to retrying. It returns jump's last error.
+func jumpRetrying(jump func() error, tries int, pause time.Duration, retrying func(error)) error {
+	for i := 1; ; i++ {
+		err := jump()
+		if err == nil || !errors.Is(err, unix.EBUSY) || i >= tries {
+			return err
+		}
+		retrying(err)
+		time.Sleep(pause)
+	}
 }
 
 func boottime() time.Duration {

@@ -2,11 +2,16 @@ package helper
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/khib/khib/internal/cpio"
 	"github.com/khib/khib/internal/elfcore"
@@ -190,5 +195,44 @@ func TestHelperCmdline(t *testing.T) {
 	}
 	if strings.Contains(s, "crashkernel") || strings.Contains(s, "khib.resume") {
 		t.Errorf("%q carries parameters that are A's alone", s)
+	}
+}
+
+// TestJumpRetrying: only EBUSY is tried again, at most tries calls in all,
+// and the last error is what the caller gets.
+func TestJumpRetrying(t *testing.T) {
+	busy := fmt.Errorf("reboot(LINUX_REBOOT_CMD_KEXEC): %w", unix.EBUSY)
+	other := fmt.Errorf("reboot(LINUX_REBOOT_CMD_KEXEC): %w", unix.EINVAL)
+	tests := []struct {
+		name      string
+		results   []error // what the jump returns, call by call
+		tries     int
+		wantCalls int
+		wantErr   error
+	}{
+		{"first jump works", []error{nil}, 2, 1, nil},
+		{"busy once, then works", []error{busy, nil}, 2, 2, nil},
+		{"busy every time", []error{busy, busy, busy}, 2, 2, unix.EBUSY},
+		{"another error is not retried", []error{other, nil}, 2, 1, unix.EINVAL},
+		{"busy, then another error", []error{busy, other}, 3, 2, unix.EINVAL},
+		{"one try only", []error{busy, nil}, 1, 1, unix.EBUSY},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			calls, reported := 0, 0
+			err := jumpRetrying(func() error {
+				calls++
+				return tt.results[calls-1]
+			}, tt.tries, time.Millisecond, func(error) { reported++ })
+			if calls != tt.wantCalls {
+				t.Errorf("%d calls, want %d", calls, tt.wantCalls)
+			}
+			if reported != calls-1 {
+				t.Errorf("%d retries reported, want %d", reported, calls-1)
+			}
+			if tt.wantErr == nil && err != nil || tt.wantErr != nil && !errors.Is(err, tt.wantErr) {
+				t.Errorf("error %v, want %v", err, tt.wantErr)
+			}
+		})
 	}
 }

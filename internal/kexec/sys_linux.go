@@ -96,7 +96,11 @@ func Loaded() (bool, error) {
 // preserve-context image the call returns when the peer jumps back: the
 // kernel has by then resumed its devices and thawed tasks.
 func Jump() error {
-	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_KEXEC); err != nil {
+	err := unix.Reboot(unix.LINUX_REBOOT_CMD_KEXEC)
+	switch {
+	case errors.Is(err, unix.EBUSY):
+		return fmt.Errorf("reboot(LINUX_REBOOT_CMD_KEXEC): %w (a task refused to freeze, the kernel log names it, or another kexec was running)", err)
+	case err != nil:
 		return fmt.Errorf("reboot(LINUX_REBOOT_CMD_KEXEC): %w", err)
 	}
 	return nil

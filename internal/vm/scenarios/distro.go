@@ -177,6 +177,19 @@ func (g *distroGuest) sh(ctx context.Context, script string) (string, error) {
 	return strings.TrimSpace(out), err
 }
 
+// running waits for systemd to finish starting and fails unless every
+// unit is fine, naming the failed units and their last journal lines.
+// when says at which point of the scenario ("after the resume").
+func (g *distroGuest) running(ctx context.Context, when string) error {
+	st, _ := g.sh(ctx, "systemctl is-system-running --wait || true")
+	if st == "running" {
+		return nil
+	}
+	failed, _ := g.sh(ctx, "systemctl --failed --no-legend --plain | head -5")
+	why, _ := g.sh(ctx, "for u in $(systemctl --failed --no-legend --plain | awk '{print $1}' | head -3); do journalctl -b -u \"$u\" -o cat --no-pager | tail -4; done")
+	return g.errorf("%s, systemctl is-system-running says %q; failed units: %s; their journal: %s", when, st, failed, strings.ReplaceAll(why, "\n", " | "))
+}
+
 // waitOff waits for the machine to power off by itself.
 func (g *distroGuest) waitOff(timeout time.Duration) error {
 	_, err := g.m.WaitPowerOff(timeout)
@@ -490,9 +503,8 @@ func distroCycle(ctx context.Context, env *scenario.Env, corrupt bool, tgt strin
 		return res, err
 	}
 	res["boot_s"] = scenario.Round3(up)
-	if st, err := g.sh(ctx, "systemctl is-system-running --wait || true"); st != "running" {
-		failed, _ := g.sh(ctx, "systemctl --failed --no-legend --plain | head -5")
-		return res, fmt.Errorf("before hibernating, systemctl is-system-running says %q (%v); failed units: %s", st, err, failed)
+	if err := g.running(ctx, "before hibernating"); err != nil {
+		return res, err
 	}
 	check, err := g.sh(ctx, "khib check --json")
 	if err != nil {
@@ -641,9 +653,8 @@ func distroCycle(ctx context.Context, env *scenario.Env, corrupt bool, tgt strin
 		return res, fmt.Errorf("redis after the resume: %q, before: %q", after, fill)
 	}
 	res["held_connection"] = strings.Contains(after, "held-connection-ok")
-	if st, _ := g.sh(ctx, "systemctl is-system-running --wait || true"); st != "running" {
-		failed, _ := g.sh(ctx, "systemctl --failed --no-legend --plain | head -5")
-		return res, fmt.Errorf("after the resume, systemctl is-system-running says %q; failed units: %s", st, failed)
+	if err := g.running(ctx, "after the resume"); err != nil {
+		return res, err
 	}
 	// One boot in the journal, holding the start of the boot, the
 	// hibernation and both runs of the sleep hook.
@@ -689,8 +700,8 @@ func distroCycle(ctx context.Context, env *scenario.Env, corrupt bool, tgt strin
 	if id3 == bootID {
 		return res, g.errorf("the boot after the resumed one resumed again (boot ID %s)", id3)
 	}
-	if st, _ := g.sh(ctx, "systemctl is-system-running --wait || true"); st != "running" {
-		return res, fmt.Errorf("the next boot: systemctl is-system-running says %q", st)
+	if err := g.running(ctx, "the next boot"); err != nil {
+		return res, err
 	}
 	if tgt == "swap" {
 		if n, _ := g.sh(ctx, "swapon --show=NAME --noheadings | wc -l"); n != "1" {
@@ -754,9 +765,8 @@ func distroRefused(ctx context.Context, g *distroGuest, res scenario.Result, bef
 	if countLines(g.m, usedRE) != 1 {
 		return res, g.errorf("the boot after the refusal did not say the image was used")
 	}
-	if st, _ := g.sh(ctx, "systemctl is-system-running --wait || true"); st != "running" {
-		failed, _ := g.sh(ctx, "systemctl --failed --no-legend --plain | head -5")
-		return res, fmt.Errorf("after the refusal, systemctl is-system-running says %q; failed units: %s", st, failed)
+	if err := g.running(ctx, "after the refusal"); err != nil {
+		return res, err
 	}
 	// Nothing restored: the redis data of the hibernated system is gone
 	// (redis never saved it: it was written seconds before).
@@ -919,8 +929,8 @@ func distroRemove(ctx context.Context, env *scenario.Env) (scenario.Result, erro
 		return res, fmt.Errorf("after dpkg -r khib and a reboot the system differs from before dpkg -i:\n%s", diff)
 	}
 	res["compared"], _ = g.sh(ctx, "wc -l </run/after-remove.txt")
-	if st, _ := g.sh(ctx, "systemctl is-system-running --wait || true"); st != "running" {
-		return res, fmt.Errorf("after dpkg -r and a reboot, systemctl is-system-running says %q", st)
+	if err := g.running(ctx, "after dpkg -r and a reboot"); err != nil {
+		return res, err
 	}
 	res["same_as_before_install"] = true
 	return res, g.poweroff(ctx)

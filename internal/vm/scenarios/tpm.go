@@ -201,8 +201,8 @@ func runCycleTPM(ctx context.Context, env *scenario.Env) (scenario.Result, error
 		return res, g.errorf("the restore helper ran although the TPM kept the key")
 	}
 	res["refusal"] = strings.TrimSpace(lastLine(g.m, `khib: the TPM does not release`))
-	if st, _ := g.sh(ctx, "systemctl is-system-running --wait || true"); st != "running" {
-		return res, fmt.Errorf("after the refusal, systemctl is-system-running says %q", st)
+	if err := g.running(ctx, "after the refusal"); err != nil {
+		return res, err
 	}
 	res["next_boot"] = "normal"
 	say("boot 3 (another option ROM): %s; normal boot", res["refusal"])
