@@ -30,6 +30,10 @@ import (
 // enough that mapping costs nothing, small enough to keep page tables small.
 const mapWindow = 64 << 20
 
+// progressPages is how many pages the save hands to the image writer at a
+// time, so that the progress display moves.
+const progressPages = 256
+
 // save is the helper's save role: it finds the device A reserved, streams
 // A's memory from /proc/vmcore into an image there, and marks it complete.
 // Any error is returned to A, which keeps running.
@@ -379,23 +383,37 @@ func streamCore(core *elfcore.File, w *image.Writer, total uint64, free []pages.
 		}
 		for off := uint64(0); off < l.Size; off += mapWindow {
 			n := min(uint64(mapWindow), l.Size-off)
-			m, err := mapLoad(int(f.Fd()), l, off, n)
+			base := (l.PhysAddr + off) / image.PageSize
+			// Only the pages A has allocated: skip its free blocks, and
+			// map only from the first allocated page of the window to
+			// its last. Mapping /proc/vmcore fills in every page table
+			// entry at once (remap_pfn_range), so a window that is all
+			// free costs nothing if it is not mapped.
+			spans := allocated(base, base+n/image.PageSize, &free)
+			if len(spans) == 0 {
+				p.add(n)
+				continue
+			}
+			first, last := spans[0].Start, spans[len(spans)-1].Start+spans[len(spans)-1].Count
+			m, err := mapLoad(int(f.Fd()), l, off+(first-base)*image.PageSize, (last-first)*image.PageSize)
 			if err != nil {
 				return err
 			}
-			for i := uint64(0); i < n; i += 1 << 20 {
-				j := min(i+1<<20, n)
-				base := (l.PhysAddr + off) / image.PageSize
-				// Only the pages A has allocated: skip its free blocks.
-				for _, span := range allocated(base+i/image.PageSize, base+j/image.PageSize, &free) {
-					a, b := (span.Start-base)*image.PageSize, (span.Start+span.Count-base)*image.PageSize
-					if err := w.AddPages(span.Start, m[a:b]); err != nil {
+			done := uint64(0)
+			for _, span := range spans {
+				for pfn, end := span.Start, span.Start+span.Count; pfn < end; {
+					k := min(end-pfn, progressPages)
+					a := (pfn - first) * image.PageSize
+					if err := w.AddPages(pfn, m[a:a+k*image.PageSize]); err != nil {
 						unix.Munmap(m)
 						return err
 					}
+					pfn += k
+					p.add(k * image.PageSize)
+					done += k * image.PageSize
 				}
-				p.add(j - i)
 			}
+			p.add(n - done)
 			unix.Munmap(m)
 		}
 	}
