@@ -6,6 +6,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/khib/khib/internal/image"
 	"github.com/khib/khib/internal/pages"
 )
 
@@ -73,5 +74,33 @@ func TestToolLog(t *testing.T) {
 	}
 	if got := l.Lines(); len(got) != 64 || got[0] != "line 36" || got[63] != "line 99" {
 		t.Errorf("kept %d lines, %q to %q; want the last 64", len(got), got[0], got[len(got)-1])
+	}
+}
+
+// TestSaveWriterShape: B's image writer stays within its memory budget on
+// any number of CPUs, uses every CPU it can, and takes 1 MiB chunks on the
+// small machines where they were measured to help.
+func TestSaveWriterShape(t *testing.T) {
+	tests := []struct {
+		cpus, wantChunk, wantWorkers int
+	}{
+		{1, 256, 1},
+		{2, 256, 2},
+		{4, 256, 4},
+		{5, 256, 5},
+		{6, image.DefaultChunkPages, 6},
+		{16, image.DefaultChunkPages, 16},
+		{25, image.DefaultChunkPages, 25},
+		{64, image.DefaultChunkPages, 25},
+		{512, image.DefaultChunkPages, 25},
+	}
+	for _, tt := range tests {
+		cp, w := saveWriterShape(tt.cpus)
+		if cp != tt.wantChunk || w != tt.wantWorkers {
+			t.Errorf("%d CPUs: %d-page chunks, %d workers; want %d, %d", tt.cpus, cp, w, tt.wantChunk, tt.wantWorkers)
+		}
+		if b := (image.WriterOptions{ChunkPages: cp, Workers: w}).BufferBytes(); b > saveBufferBudget {
+			t.Errorf("%d CPUs: the writer takes %d MiB, over the budget of %d", tt.cpus, b>>20, saveBufferBudget>>20)
+		}
 	}
 }

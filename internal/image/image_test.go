@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -593,5 +595,37 @@ func TestStrings(t *testing.T) {
 		if tc.got != tc.want {
 			t.Errorf("got %q, want %q", tc.got, tc.want)
 		}
+	}
+}
+
+// TestBufferBytes: what BufferBytes says a writer allocates is what
+// NewWriter allocates, give or take the small things (the metadata, the
+// channels), so that a helper can rely on it to fit a reserved region.
+func TestBufferBytes(t *testing.T) {
+	tests := []struct {
+		chunkPages, workers int
+	}{
+		{0, 1}, {64, 2}, {256, 2}, {256, 4}, {MaxChunkPages, 1}, {8, 64},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%d pages, %d workers", tt.chunkPages, tt.workers), func(t *testing.T) {
+			opts := WriterOptions{Codec: "s2", ChunkPages: tt.chunkPages, Workers: tt.workers, Meta: testMeta(nil)}
+			dev := newDev(1 << 30)
+			var before, after runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+			w, err := NewWriter(dev, dev.size, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			runtime.ReadMemStats(&after)
+			defer w.Close()
+			got := int64(after.TotalAlloc - before.TotalAlloc)
+			want := opts.BufferBytes()
+			t.Logf("allocated %d, BufferBytes %d", got, want)
+			if got < want || got > want+256<<10 {
+				t.Errorf("NewWriter allocated %d bytes, BufferBytes says %d", got, want)
+			}
+		})
 	}
 }

@@ -248,13 +248,13 @@ func NewWriter(w io.WriterAt, capacity int64, opts WriterOptions) (*Writer, erro
 		return nil, err
 	}
 
-	njobs := 2*workers + 2
+	njobs := jobsFor(workers)
 	wr.free = make(chan *job, njobs)
 	wr.work = make(chan *job, njobs)
 	wr.order = make(chan *job, njobs)
 	wr.seqDone = make(chan struct{})
 	// Room for a tag behind the payload, so that it is sealed in place.
-	encCap := s2.MaxEncodedLen(cp*PageSize) + sealOverhead
+	encCap := encodedCap(cp)
 	for range njobs {
 		wr.free <- &job{
 			raw:  make([]byte, cp*PageSize, cp*PageSize+sealOverhead),
@@ -264,7 +264,7 @@ func NewWriter(w io.WriterAt, capacity int64, opts WriterOptions) (*Writer, erro
 	}
 	wr.outFree = make(chan []byte, outBuffers)
 	for range outBuffers {
-		wr.outFree <- alignedBuffer(flushSize + chunkHeaderSize + cp*PageSize + sealOverhead + PageSize)
+		wr.outFree <- alignedBuffer(outBufferSize(cp))
 	}
 	wr.out = (<-wr.outFree)[:0]
 	wr.writes = make(chan pendingWrite, outBuffers)
@@ -276,6 +276,47 @@ func NewWriter(w io.WriterAt, capacity int64, opts WriterOptions) (*Writer, erro
 	}
 	go wr.sequence()
 	return wr, nil
+}
+
+// jobsFor is how many chunks a writer with workers compressing goroutines
+// keeps: two in flight per worker, one being filled, one being written.
+func jobsFor(workers int) int { return 2*workers + 2 }
+
+// encodedCap is the capacity of a job's buffer for a chunk's stored form.
+func encodedCap(chunkPages int) int { return s2.MaxEncodedLen(chunkPages*PageSize) + sealOverhead }
+
+// outBufferSize is the size of one output buffer: a flush's worth of
+// whole pages, and the chunk that crosses it.
+func outBufferSize(chunkPages int) int {
+	return flushSize + chunkHeaderSize + chunkPages*PageSize + sealOverhead + PageSize
+}
+
+// BufferBytes is the memory a Writer with these options allocates for its
+// chunks and output buffers, the bulk of what it uses (a zstd encoder's
+// tables come on top). A helper that saves into a small reserved region
+// checks its choice of chunk size and workers against it.
+func (o WriterOptions) BufferBytes() int64 {
+	cp := o.ChunkPages
+	if cp == 0 {
+		cp = DefaultChunkPages
+	}
+	workers := o.Workers
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	workers = min(workers, maxWorkers)
+	perJob := heapSize(cp*PageSize+sealOverhead) + heapSize(encodedCap(cp))
+	return int64(jobsFor(workers))*perJob + outBuffers*heapSize(outBufferSize(cp)+PageSize)
+}
+
+// heapSize is what the Go heap takes for a buffer of n bytes: at least a
+// 8 KiB page per 8 KiB for buffers beyond its largest size class (32 KiB),
+// all the writer's buffers but the smallest chunks'.
+func heapSize(n int) int64 {
+	if n <= 32<<10 {
+		return int64(n)
+	}
+	return int64((n + 8<<10 - 1) &^ (8<<10 - 1))
 }
 
 func (w *Writer) doSync() error {
