@@ -137,19 +137,10 @@ func NewWriter(w io.WriterAt, capacity int64, opts WriterOptions) (*Writer, erro
 	if err != nil {
 		return nil, err
 	}
-	cp := opts.ChunkPages
-	if cp == 0 {
-		cp = DefaultChunkPages
-	}
+	cp, workers := opts.shape()
 	if cp < 1 || cp > MaxChunkPages {
 		return nil, fmt.Errorf("image: %d pages per chunk, want 1 to %d", cp, MaxChunkPages)
 	}
-	workers := opts.Workers
-	if workers <= 0 {
-		workers = runtime.GOMAXPROCS(0)
-	}
-	// Each worker keeps two chunks in flight; more than this buys nothing.
-	workers = min(workers, maxWorkers)
 	m := opts.Meta.clone()
 	if m.PageSize != 0 && m.PageSize != PageSize {
 		return nil, fmt.Errorf("image: page size %d, this format stores %d-byte pages", m.PageSize, PageSize)
@@ -278,6 +269,21 @@ func NewWriter(w io.WriterAt, capacity int64, opts WriterOptions) (*Writer, erro
 	return wr, nil
 }
 
+// shape is the chunk size and the number of compressing goroutines that
+// o asks for, with the defaults filled in; the chunk size is not checked.
+func (o WriterOptions) shape() (chunkPages, workers int) {
+	chunkPages = o.ChunkPages
+	if chunkPages == 0 {
+		chunkPages = DefaultChunkPages
+	}
+	workers = o.Workers
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	// Each worker keeps two chunks in flight; more than this buys nothing.
+	return chunkPages, min(workers, maxWorkers)
+}
+
 // jobsFor is how many chunks a writer with workers compressing goroutines
 // keeps: two in flight per worker, one being filled, one being written.
 func jobsFor(workers int) int { return 2*workers + 2 }
@@ -296,15 +302,7 @@ func outBufferSize(chunkPages int) int {
 // tables come on top). A helper that saves into a small reserved region
 // checks its choice of chunk size and workers against it.
 func (o WriterOptions) BufferBytes() int64 {
-	cp := o.ChunkPages
-	if cp == 0 {
-		cp = DefaultChunkPages
-	}
-	workers := o.Workers
-	if workers <= 0 {
-		workers = runtime.GOMAXPROCS(0)
-	}
-	workers = min(workers, maxWorkers)
+	cp, workers := o.shape()
 	perJob := heapSize(cp*PageSize+sealOverhead) + heapSize(encodedCap(cp))
 	return int64(jobsFor(workers))*perJob + outBuffers*heapSize(outBufferSize(cp)+PageSize)
 }
